@@ -1,0 +1,565 @@
+//! Configuration: one TOML file, read as raw data, then validated without any I/O into a [`Config`].
+//!
+//! Validation reports every problem at once (a user fixing a config should not play whack-a-mole), and
+//! secrets only ever come from `${VAR}` references so that the file itself can be committed.
+
+mod secret;
+
+pub use secret::Secret;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::CursorMode;
+
+/// The file `highwater init` writes; a test parses it so that every documented key stays valid.
+pub const EXAMPLE: &str = include_str!("example.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path} has {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw: exactly what the file says.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    source: Option<RawSource>,
+    #[serde(default)]
+    lake: RawLake,
+    #[serde(default)]
+    warehouse: RawWarehouse,
+    #[serde(default)]
+    sync: RawSync,
+    #[serde(default)]
+    streams: Vec<RawStream>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    kind: Option<String>,
+    url: Option<String>,
+    token: Option<String>,
+    timeout_secs: Option<f64>,
+    max_retries: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLake {
+    url: Option<String>,
+    #[serde(default)]
+    options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWarehouse {
+    path: Option<String>,
+    lock_wait_secs: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    checkpoint_rows: Option<usize>,
+    checkpoint_secs: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStream {
+    name: Option<String>,
+    record_type: Option<String>,
+    cursor: Option<String>,
+    cursor_field: Option<String>,
+    filter: Option<String>,
+    lag_secs: Option<i64>,
+    page_size: Option<u32>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated: what the program runs with.
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The folder relative paths are resolved against (the config file's folder).
+    pub base_dir: PathBuf,
+    pub source: SourceConfig,
+    pub lake: LakeConfig,
+    pub warehouse: WarehouseConfig,
+    pub sync: SyncConfig,
+    pub streams: Vec<StreamConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SourceConfig {
+    pub url: String,
+    pub token: Secret,
+    pub timeout: Duration,
+    pub max_retries: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct LakeConfig {
+    pub url: String,
+    pub options: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct WarehouseConfig {
+    pub path: PathBuf,
+    pub lock_wait: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    pub checkpoint_rows: usize,
+    pub checkpoint_interval: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct StreamConfig {
+    pub name: String,
+    pub record_type: String,
+    pub cursor: CursorMode,
+    /// The record key holding the change timestamp (`updated`, `updated_at` for contacts).
+    pub cursor_field: String,
+    /// Extra Cerb query text ANDed into every search (e.g. `status:o`), already checked for traps.
+    pub filter: String,
+    pub lag: i64,
+    pub page_size: u32,
+}
+
+impl fmt::Display for StreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name, self.record_type)
+    }
+}
+
+/// Record types whose records carry no change timestamp: they can only be walked by `id`.
+pub fn is_append_only(record_type: &str) -> bool {
+    matches!(record_type, "message" | "comment" | "activity_log" | "notification")
+}
+
+/// The record key that holds the change timestamp for a Cerb record type.
+pub fn default_cursor_field(record_type: &str) -> &'static str {
+    match record_type {
+        "contact" | "bucket" => "updated_at",
+        _ => "updated",
+    }
+}
+
+impl Config {
+    /// Read and validate a config file. The only I/O is reading the file and the environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base_dir = path
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    p.to_path_buf()
+                }
+            })
+            .unwrap_or_else(|| PathBuf::from("."));
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Config::parse(&text, path, &base_dir, &env)
+    }
+
+    /// Parse and validate TOML text. Pure: the environment is passed in.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        base_dir: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let mut problems = Vec::new();
+        let cfg = validate(raw, base_dir, env, &mut problems);
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            })
+        }
+    }
+
+    pub fn stream(&self, name: &str) -> Option<&StreamConfig> {
+        self.streams.iter().find(|s| s.name == name)
+    }
+}
+
+/// Replace `${VAR}` references. Unset variables are reported as problems; `$${` escapes a literal `${`.
+fn expand_env(
+    value: &str,
+    key: &str,
+    env: &BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos..];
+        if let Some(stripped) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix("${") {
+            match body.find('}') {
+                Some(end) => {
+                    let var = &body[..end];
+                    match env.get(var) {
+                        Some(v) => out.push_str(v),
+                        None => problems.push(format!(
+                            "{key}: environment variable {var} is not set (referenced as ${{{var}}})"
+                        )),
+                    }
+                    rest = &body[end + 1..];
+                }
+                None => {
+                    problems.push(format!("{key}: unterminated ${{ reference"));
+                    rest = "";
+                }
+            }
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && s.len() <= 63
+}
+
+/// Problems with an extra filter that would make Cerb silently return wrong results (CERB_API.md §4).
+pub fn filter_problems(filter: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if filter.contains("{{") || filter.contains("{%") {
+        out.push("contains `{{` or `{%`, which Cerb renders as a template".to_string());
+    }
+    let mut depth = 0i32;
+    let mut in_quote = false;
+    for c in filter.chars() {
+        match c {
+            '"' => in_quote = !in_quote,
+            '(' if !in_quote => depth += 1,
+            ')' if !in_quote => {
+                depth -= 1;
+                if depth < 0 {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 || in_quote {
+        out.push("has unbalanced parentheses or quotes (Cerb answers such a query with 0 rows)".into());
+    }
+    let unquoted: String = {
+        let mut s = String::new();
+        let mut q = false;
+        for c in filter.chars() {
+            if c == '"' {
+                q = !q;
+            } else if !q {
+                s.push(c);
+            }
+        }
+        s
+    };
+    for tok in unquoted.split_whitespace() {
+        let lower = tok.to_ascii_lowercase();
+        for pseudo in ["sort:", "limit:", "page:"] {
+            if lower.trim_start_matches('(').starts_with(pseudo) {
+                out.push(format!(
+                    "uses `{tok}`: highwater sets sort, limit and page itself"
+                ));
+            }
+        }
+        if lower.trim_start_matches('(').starts_with("updated:") {
+            out.push(format!("uses `{tok}`: the cursor owns the updated filter"));
+        }
+    }
+    // A top-level OR (outside any parentheses) combines with the cursor wrongly.
+    let mut depth = 0i32;
+    let mut q = false;
+    let chars: Vec<char> = filter.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        match c {
+            '"' => q = !q,
+            '(' if !q => depth += 1,
+            ')' if !q => depth -= 1,
+            'O' if !q && depth == 0 => {
+                let word: String = chars[i..].iter().take(3).collect();
+                let before_ok = i == 0 || chars[i - 1].is_whitespace();
+                if word == "OR " && before_ok {
+                    out.push(
+                        "has a top-level OR: wrap the alternatives in parentheses, e.g. `(status:o OR status:w)`"
+                            .into(),
+                    );
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn secs(v: f64, key: &str, problems: &mut Vec<String>) -> Duration {
+    if v.is_finite() && v >= 0.0 {
+        Duration::from_secs_f64(v)
+    } else {
+        problems.push(format!("{key}: must be a non-negative number of seconds, got {v}"));
+        Duration::ZERO
+    }
+}
+
+fn validate(
+    raw: RawConfig,
+    base_dir: &Path,
+    env: &BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) -> Config {
+    let source = match raw.source {
+        None => {
+            problems.push("[source] is missing: it needs at least `url` and `token`".into());
+            SourceConfig {
+                url: String::new(),
+                token: Secret::new(String::new()),
+                timeout: Duration::from_secs(30),
+                max_retries: 5,
+            }
+        }
+        Some(s) => {
+            let kind = s.kind.unwrap_or_else(|| "cerb".into());
+            if kind != "cerb" {
+                problems.push(format!(
+                    "source.kind: unknown source kind {kind:?}; the supported kind is \"cerb\""
+                ));
+            }
+            let url = match s.url {
+                None => {
+                    problems.push("source.url: missing (the Cerb base URL, e.g. https://cerb.example.com)".into());
+                    String::new()
+                }
+                Some(u) => {
+                    let u = expand_env(&u, "source.url", env, problems);
+                    match url::Url::parse(&u) {
+                        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
+                            if !parsed.username().is_empty() || parsed.password().is_some() {
+                                problems.push("source.url: must not contain credentials; use `token`".into());
+                            }
+                            u.trim_end_matches('/').to_string()
+                        }
+                        Ok(_) => {
+                            problems.push(format!("source.url: {u:?} must be an http:// or https:// URL"));
+                            u
+                        }
+                        Err(e) => {
+                            problems.push(format!("source.url: {u:?} is not a URL ({e})"));
+                            u
+                        }
+                    }
+                }
+            };
+            let token = match s.token {
+                None => {
+                    problems.push(
+                        "source.token: missing; set it to \"${CERB_TOKEN}\" and export the bearer token".into(),
+                    );
+                    String::new()
+                }
+                Some(t) => {
+                    if !t.contains("${") && !t.is_empty() {
+                        problems.push(
+                            "source.token: write secrets as ${VAR} references, not literally in the file"
+                                .into(),
+                        );
+                    }
+                    let v = expand_env(&t, "source.token", env, problems);
+                    if v.is_empty() && t.contains("${") && !problems.iter().any(|p| p.starts_with("source.token")) {
+                        problems.push("source.token: the referenced variable is empty".into());
+                    }
+                    v
+                }
+            };
+            SourceConfig {
+                url,
+                token: Secret::new(token),
+                timeout: secs(s.timeout_secs.unwrap_or(30.0), "source.timeout_secs", problems),
+                max_retries: s.max_retries.unwrap_or(5),
+            }
+        }
+    };
+
+    let lake_url = raw.lake.url.unwrap_or_else(|| "file://./lake".into());
+    let lake_url = expand_env(&lake_url, "lake.url", env, problems);
+    let lake = LakeConfig {
+        url: lake_url,
+        options: raw
+            .lake
+            .options
+            .into_iter()
+            .map(|(k, v)| {
+                let key = format!("lake.options.{k}");
+                let v = expand_env(&v, &key, env, problems);
+                (k, v)
+            })
+            .collect(),
+    };
+
+    let wh_path = raw.warehouse.path.unwrap_or_else(|| "warehouse.duckdb".into());
+    let wh_path = expand_env(&wh_path, "warehouse.path", env, problems);
+    let wh_path = PathBuf::from(wh_path);
+    let warehouse = WarehouseConfig {
+        path: if wh_path.is_absolute() {
+            wh_path
+        } else {
+            base_dir.join(wh_path)
+        },
+        lock_wait: secs(
+            raw.warehouse.lock_wait_secs.unwrap_or(30.0),
+            "warehouse.lock_wait_secs",
+            problems,
+        ),
+    };
+
+    let checkpoint_rows = raw.sync.checkpoint_rows.unwrap_or(50_000);
+    if checkpoint_rows == 0 {
+        problems.push("sync.checkpoint_rows: must be at least 1".into());
+    }
+    let sync = SyncConfig {
+        checkpoint_rows: checkpoint_rows.max(1),
+        checkpoint_interval: secs(
+            raw.sync.checkpoint_secs.unwrap_or(60.0),
+            "sync.checkpoint_secs",
+            problems,
+        ),
+    };
+
+    if raw.streams.is_empty() {
+        problems.push(
+            "no [[streams]]: add at least one, e.g. name = \"tickets\", record_type = \"ticket\"".into(),
+        );
+    }
+    let mut streams = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, s) in raw.streams.into_iter().enumerate() {
+        let at = format!("streams[{i}]");
+        let name = s.name.unwrap_or_default();
+        if name.is_empty() {
+            problems.push(format!("{at}.name: missing"));
+        } else if !is_identifier(&name) {
+            problems.push(format!(
+                "{at}.name: {name:?} must be lowercase letters, digits and _ (it names a table and a lake folder)"
+            ));
+        } else if name == "highwater" || name == "analytics" {
+            problems.push(format!("{at}.name: {name:?} is reserved"));
+        } else if !seen.insert(name.clone()) {
+            problems.push(format!("{at}.name: {name:?} is used by two streams"));
+        }
+        let at = if name.is_empty() { at } else { format!("streams.{name}") };
+        let record_type = s.record_type.unwrap_or_default();
+        if record_type.is_empty() {
+            problems.push(format!("{at}.record_type: missing (e.g. \"ticket\")"));
+        } else if !record_type
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        {
+            problems.push(format!("{at}.record_type: {record_type:?} is not a Cerb record type"));
+        }
+        let default_mode = if is_append_only(&record_type) {
+            CursorMode::Id
+        } else {
+            CursorMode::UpdatedId
+        };
+        let cursor = match s.cursor.as_deref() {
+            None => default_mode,
+            Some("updated_id") => {
+                if is_append_only(&record_type) {
+                    problems.push(format!(
+                        "{at}.cursor: {record_type} records have no `updated` field; use cursor = \"id\""
+                    ));
+                }
+                CursorMode::UpdatedId
+            }
+            Some("id") => CursorMode::Id,
+            Some(other) => {
+                problems.push(format!(
+                    "{at}.cursor: {other:?} is not a cursor mode; use \"updated_id\" or \"id\""
+                ));
+                default_mode
+            }
+        };
+        let filter = s.filter.unwrap_or_default().trim().to_string();
+        for p in filter_problems(&filter) {
+            problems.push(format!("{at}.filter: {p}"));
+        }
+        let lag = s.lag_secs.unwrap_or(5);
+        if lag < 0 {
+            problems.push(format!("{at}.lag_secs: must be >= 0"));
+        }
+        let page_size = s.page_size.unwrap_or(500);
+        if !(1..=500).contains(&page_size) {
+            problems.push(format!(
+                "{at}.page_size: {page_size} is outside 1..=500 (Cerb clamps larger pages silently)"
+            ));
+        }
+        let cursor_field = s
+            .cursor_field
+            .unwrap_or_else(|| default_cursor_field(&record_type).to_string());
+        streams.push(StreamConfig {
+            name,
+            record_type,
+            cursor,
+            cursor_field,
+            filter,
+            lag: lag.max(0),
+            page_size: page_size.clamp(1, 500),
+        });
+    }
+
+    Config {
+        base_dir: base_dir.to_path_buf(),
+        source,
+        lake,
+        warehouse,
+        sync,
+        streams,
+    }
+}
+
+#[cfg(test)]
+mod tests;

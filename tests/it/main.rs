@@ -1,0 +1,7 @@
+//! One integration-test binary; each module is one area.
+
+mod cli;
+mod reconcile;
+mod sim;
+mod sync;
+mod util;
