@@ -163,6 +163,9 @@ async fn scan_and_apply(
         let start = RunStart {
             run_id: rep.run_id.clone(),
             stream: s.name.clone(),
+            record_type: s.record_type.clone(),
+            cursor_mode: s.cursor,
+            cursor_field: s.cursor_field.clone(),
             kind: RunKind::Reconcile,
             window_end: None,
             cursor_before: state.cursor,
@@ -353,12 +356,10 @@ async fn scan_and_apply(
     let wh = p.warehouse.clone();
     let (stream, record_type, run_id) = (s.name.clone(), s.record_type.clone(), rep.run_id.clone());
     let table_schema = converter.schema().clone();
-    let cursor_mode = s.cursor;
     let file = FileRow {
         key: written.key.clone(),
         rows,
         bytes: written.bytes,
-        op: if repairs_only(rep) { Op::Repair } else { Op::Delete },
     };
     let pages = counts.pages;
     let fetched = rep.scanned;
@@ -366,7 +367,6 @@ async fn scan_and_apply(
         wh.commit_checkpoint(&Checkpoint {
             stream: &stream,
             record_type: &record_type,
-            cursor_mode,
             run_id: &run_id,
             seq: 1,
             schema: &table_schema,
@@ -397,10 +397,6 @@ async fn scan_and_apply(
     Ok(())
 }
 
-fn repairs_only(rep: &ReconcileReport) -> bool {
-    rep.deleted == 0
-}
-
 async fn finish(
     p: &Pipeline,
     rep: &ReconcileReport,
@@ -420,6 +416,14 @@ async fn finish(
         error,
         final_cursor: None,
         counts,
+        details: Some(serde_json::json!({
+            "sample_deleted": rep.sample_deleted,
+            "sample_undeleted": rep.sample_undeleted,
+            "sample_repaired": rep.sample_repaired,
+            "missing": rep.missing,
+            "live_before": rep.live_before,
+            "warnings": rep.warnings,
+        })),
     };
     if let Err(e) = blocking(move || wh.finish_run(&fin)).await {
         tracing::error!(stream = %rep.stream, run_id = %rep.run_id, error = %e, "could not record the end of the reconcile run");

@@ -20,7 +20,7 @@ use crate::model::{Cursor, CursorMode, Op, Record};
 use crate::source::cerb::CerbSource;
 use crate::source::{SourceError, Walk};
 use crate::warehouse::{
-    Checkpoint, FileRow, Outcome, RunCounts, RunFinish, RunKind, RunStart, Warehouse,
+    Checkpoint, CommittedFile, FileRow, Outcome, RunCounts, RunFinish, RunKind, RunStart, Warehouse,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -206,7 +206,7 @@ async fn write_manifests_for_run(p: &Pipeline, run_id: &str) -> Result<(), Strin
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    let mut by_stream: HashMap<String, Vec<&FileRow>> = HashMap::new();
+    let mut by_stream: HashMap<String, Vec<&CommittedFile>> = HashMap::new();
     for f in files.iter().filter(|f| f.run_id == run_id) {
         by_stream.entry(f.stream.clone()).or_default().push(f);
     }
@@ -215,7 +215,7 @@ async fn write_manifests_for_run(p: &Pipeline, run_id: &str) -> Result<(), Strin
             "stream": stream,
             "run_id": run_id,
             "files": files.iter().map(|f| serde_json::json!({
-                "key": f.key, "rows": f.rows, "bytes": f.bytes, "op": f.op,
+                "key": f.file.key, "seq": f.seq, "rows": f.file.rows, "bytes": f.file.bytes,
             })).collect::<Vec<_>>(),
         });
         let key = Lake::manifest_key(&stream, run_id);
@@ -306,6 +306,9 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
     let start = RunStart {
         run_id: run_id.clone(),
         stream: s.name.clone(),
+        record_type: s.record_type.clone(),
+        cursor_mode: s.cursor,
+        cursor_field: s.cursor_field.clone(),
         kind: RunKind::Sync,
         window_end,
         cursor_before: state.cursor,
@@ -447,7 +450,8 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
         outcome: oc,
         error: error.clone(),
         final_cursor,
-        counts: st.counts.clone(),
+        counts: st.counts,
+        details: None,
     };
     let finished = blocking(move || wh.finish_run(&fin)).await;
     if let Err(e) = write_manifests_for_run(p, &run_id).await {
@@ -533,12 +537,8 @@ async fn checkpoint(st: &mut RunState<'_>) -> Result<(), (&'static str, String)>
     let (pages, fetched) = (st.counts.pages, st.counts.rows_fetched);
     let file = FileRow {
         key: written.key.clone(),
-        stream: stream.clone(),
-        run_id: run_id.clone(),
-        seq,
         rows,
         bytes: written.bytes,
-        op: Op::Upsert.as_str().to_string(),
     };
     blocking(move || {
         wh.commit_checkpoint(&Checkpoint {
@@ -550,7 +550,7 @@ async fn checkpoint(st: &mut RunState<'_>) -> Result<(), (&'static str, String)>
             schema_changes: &changes,
             batches: std::slice::from_ref(&batch),
             file,
-            cursor,
+            cursor: Some(cursor),
             pages,
             rows_fetched: fetched,
         })

@@ -41,6 +41,7 @@ pub async fn run(config: &Path, args: StatusArgs) -> CmdResult {
             "rows": st.map(|x| x.rows_live),
             "rows_deleted": st.map(|x| x.rows_deleted),
             "last_run": st.and_then(|x| x.last_run.clone()),
+            "last_reconcile": st.and_then(|x| x.last_reconcile.clone()),
         }));
     }
     if args.json {
@@ -71,6 +72,34 @@ pub async fn run(config: &Path, args: StatusArgs) -> CmdResult {
                     r.error.as_ref().map(|e| format!("\n  error       {e}")).unwrap_or_default()
                 ),
                 None => println!("  last run    none"),
+            }
+            match &x.last_reconcile {
+                Some(r) => {
+                    let samples = r
+                        .details
+                        .as_ref()
+                        .map(|d| {
+                            ["sample_deleted", "sample_repaired"]
+                                .iter()
+                                .filter_map(|k| {
+                                    let ids = d.get(*k)?.as_array()?;
+                                    (!ids.is_empty()).then(|| {
+                                        format!("{} {}", k.trim_start_matches("sample_"), serde_json::Value::Array(ids.clone()))
+                                    })
+                                })
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        })
+                        .unwrap_or_default();
+                    println!(
+                        "  reconcile   {} {} started {}: scanned {}, deleted {}, undeleted {}, repaired {}{}{}",
+                        r.run_id, r.outcome, r.started_at, r.counts.scanned, r.counts.deleted,
+                        r.counts.undeleted, r.counts.repaired,
+                        if samples.is_empty() { String::new() } else { format!("\n              ids: {samples}") },
+                        r.error.as_ref().map(|e| format!("\n  error       {e}")).unwrap_or_default()
+                    );
+                }
+                None => println!("  reconcile   never run"),
             }
         }
     }

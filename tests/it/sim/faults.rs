@@ -196,3 +196,34 @@ async fn date_header_follows_the_simulator_clock() {
     let r = send(&sim).await.expect("response");
     assert_eq!(r.headers()["date"], "Fri, 15 Jan 2027 08:01:01 GMT");
 }
+
+#[tokio::test]
+async fn a_delay_holds_the_answer_back_then_answers_normally() {
+    let sim = sim().await;
+    sim.push_fault(Fault::Delay(Duration::from_millis(400)));
+    let t = std::time::Instant::now();
+    let r = search(&sim, "ticket", "sort:id", &[("limit", "5")]).await;
+    assert!(t.elapsed() >= Duration::from_millis(400), "{:?}", t.elapsed());
+    assert_eq!(r.status, 200);
+    assert_eq!(r.ids(), vec![1, 2, 3, 4, 5]);
+    // Taken once: the next request is immediate.
+    let t = std::time::Instant::now();
+    assert_eq!(search(&sim, "ticket", "sort:id", &[("limit", "5")]).await.status, 200);
+    assert!(t.elapsed() < Duration::from_millis(400));
+}
+
+#[tokio::test]
+async fn a_search_hook_runs_at_the_nth_search_before_it_is_answered() {
+    let sim = sim().await;
+    let s2 = sim.clone();
+    sim.on_search(2, move || {
+        s2.insert_raw(
+            "ticket",
+            serde_json::json!({"id": 1000, "updated": NOW - 1, "status_id": 0, "subject": "hooked"}),
+        );
+    });
+    let first = search(&sim, "ticket", "id:>999", &[]).await;
+    assert!(first.ids().is_empty());
+    let second = search(&sim, "ticket", "id:>999", &[]).await;
+    assert_eq!(second.ids(), vec![1000], "the hook's row is in the answer to search #2");
+}
