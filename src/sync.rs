@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 
@@ -52,6 +52,16 @@ pub struct FailPoint {
 impl FailPoint {
     pub const POINTS: &'static [&'static str] =
         &["after_fetch", "after_lake_write", "after_commit", "after_manifest"];
+
+    /// Fail (or abort) the `nth` time `point` is reached.
+    pub fn new(point: &str, nth: u32, abort: bool) -> FailPoint {
+        FailPoint {
+            point: point.to_string(),
+            nth,
+            abort,
+            hits: Arc::default(),
+        }
+    }
 
     pub fn from_env() -> Option<FailPoint> {
         let v = std::env::var("HIGHWATER_FAILPOINT").ok()?;

@@ -33,6 +33,10 @@ pub struct BenchArgs {
     /// Skip the fetch-only baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// After the sync, run `highwater reconcile` over the loaded rows in a child process and
+    /// report its time and peak RSS.
+    #[arg(long)]
+    pub reconcile: bool,
 }
 
 struct SimChild(Child);
@@ -64,7 +68,7 @@ pub async fn run(args: BenchArgs) -> CmdResult {
     let exe = std::env::current_exe()?;
     let token = "bench-token";
     eprintln!("starting the simulator with {} tickets…", args.records);
-    let mut child = Command::new(exe)
+    let mut child = Command::new(&exe)
         .args([
             "simulate",
             "--port",
@@ -171,6 +175,36 @@ pub async fn run(args: BenchArgs) -> CmdResult {
     );
     if let Some(b) = baseline_rate {
         println!("ratio      : full sync runs at {:.2}× the fetch-only rate", rate / b);
+    }
+    if args.reconcile {
+        // A child process, so its peak RSS is its own (RUSAGE_CHILDREN counts only waited-for
+        // children, and the simulator is still running).
+        let cfg_path = dir.join("highwater.toml");
+        std::fs::write(&cfg_path, &toml)?;
+        let t0 = Instant::now();
+        let out = Command::new(&exe)
+            .arg("--config")
+            .arg(&cfg_path)
+            .args(["reconcile", "--json"])
+            .env("BENCH_TOKEN", token)
+            .stderr(Stdio::inherit())
+            .output()?;
+        let secs = t0.elapsed().as_secs_f64();
+        if !out.status.success() {
+            return Err(anyhow::anyhow!("the benchmark reconcile failed: {}", String::from_utf8_lossy(&out.stdout)).into());
+        }
+        // SAFETY: getrusage only writes into the struct we pass.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let scanned = report[0]["scanned"].as_u64().unwrap_or(0);
+        println!(
+            "reconcile  : {scanned} ids scanned and compared in {secs:.2} s = {:.0} ids/s, peak RSS {:.0} MB (its own process), deleted {}, repaired {}",
+            scanned as f64 / secs,
+            ru.ru_maxrss as f64 / 1024.0,
+            report[0]["deleted"],
+            report[0]["repaired"]
+        );
     }
     println!(
         "targets    : ≥ 100000 records/s end to end, ≤ 10 µs CPU/record, ≤ 300 MB peak RSS at 1M records"

@@ -160,6 +160,36 @@ pub async fn run(args: DemoArgs) -> CmdResult {
 
     let second_run = crate::sync::run(&p, None, &opts).await?;
     print_reports("sync 2 (incremental):", &second_run);
+
+    // What no cursor can see: API deletes keep `updated`, purges make rows vanish.
+    for id in live.iter().skip(100).take(5) {
+        sim.soft_delete("ticket", *id);
+    }
+    for id in live.iter().skip(200).take(3) {
+        sim.purge("ticket", *id);
+    }
+    println!("\nsource changed silently: 5 tickets deleted through the API (updated kept), 3 purged");
+    let reconciled = crate::reconcile::run(
+        &p,
+        Some("tickets"),
+        &crate::reconcile::ReconcileOptions {
+            dry_run: false,
+            max_delete_fraction: 0.10,
+            force: false,
+        },
+    )
+    .await?;
+    println!("\nreconcile (full id scan, content hashes):");
+    for r in &reconciled {
+        println!(
+            "  {:<9} {:<10} scanned {}, marked deleted {} {:?}, repaired {} (e.g. {:?}), undeleted {}",
+            r.stream, r.outcome, r.scanned, r.deleted, r.sample_deleted, r.repaired,
+            r.sample_repaired, r.undeleted
+        );
+        if let Some(e) = &r.error {
+            println!("            error: {e}");
+        }
+    }
     sim.shutdown();
 
     let wh_path = dir.join("warehouse.duckdb");

@@ -110,7 +110,7 @@ impl Warehouse {
             c.execute_batch(&format!("CREATE OR REPLACE TEMP TABLE {STAGE} ({})", defs.join(", ")))
                 .map_err(err("create the staging table"))?;
             {
-                let mut app = c.appender_to_db(STAGE, "temp").map_err(err("open the staging appender"))?;
+                let mut app = c.appender_to_catalog_and_db(STAGE, "temp", "main").map_err(err("open the staging appender"))?;
                 for b in cp.batches {
                     app.append_record_batch(b.clone()).map_err(err("stage rows"))?;
                 }

@@ -31,6 +31,17 @@ fn demo_runs_and_leaves_a_warehouse() {
     // 3,000 generated tickets + 40 created by the demo; 3,000 messages.
     assert_eq!(rows[0], vec![json!(3040), json!(3040), json!(3000)], "{stdout}");
     assert!(stdout.contains("sync 2 (incremental)"), "{stdout}");
+    // The demo's reconcile marks the 3 purged tickets and hides the 5 deleted through the API.
+    let marks = wh
+        .query_rows("SELECT count(*) FILTER (WHERE _hw_deleted_at IS NOT NULL), count(*) FILTER (WHERE status_id = 3) FROM tickets")
+        .unwrap();
+    assert_eq!(marks[0][0], json!(3), "{stdout}");
+    assert!(marks[0][1].as_i64().unwrap() >= 5, "{stdout}");
+    let hidden = wh
+        .query_rows("SELECT (SELECT count(*) FROM tickets) - (SELECT count(*) FROM analytics.tickets)")
+        .unwrap();
+    assert_eq!(hidden[0][0], json!(3 + marks[0][1].as_i64().unwrap()), "{stdout}");
+    assert!(stdout.contains("reconcile"), "{stdout}");
     // Running it again replaces the earlier demo instead of failing.
     let again = highwater(dir.path()).arg("demo").output().unwrap();
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));

@@ -1,5 +1,6 @@
 //! The sync job end to end: simulator → keyset walk → Parquet lake → DuckDB, per the list.
 
+use arrow::array::Array;
 use highwater::model::Cursor;
 use highwater::sync::{FailPoint, SyncOptions};
 use serde_json::json;
@@ -142,12 +143,7 @@ async fn failure_between_steps_then_rerun_loses_nothing() {
         for id in 1..=600 {
             env.sim.insert_raw("ticket", ticket(id, T0 - 600 + id / 3, json!({})));
         }
-        let fp = FailPoint {
-            point: point.to_string(),
-            nth: 2,
-            abort: false,
-            ..FailPoint::default()
-        };
+        let fp = FailPoint::new(point, 2, false);
         let r = env.sync_with(SyncOptions { failpoint: Some(fp) }).await;
         if *point != "after_manifest" {
             assert_eq!(r[0].outcome, "failed", "{point}: {r:?}");

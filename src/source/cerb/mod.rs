@@ -8,7 +8,7 @@
 pub mod query;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::Stream;
 use serde::Deserialize;
