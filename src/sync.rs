@@ -136,7 +136,7 @@ impl Pipeline {
         let source = CerbSource::new(&cfg.source).map_err(|e| SyncError::Setup(e.to_string()))?;
         let lake = Lake::open(&cfg.lake.url, &cfg.lake.options, &cfg.base_dir)
             .map_err(|e| SyncError::Setup(format!("lake: {e}")))?;
-        let warehouse = Warehouse::open(&cfg.warehouse.path)
+        let warehouse = Warehouse::open_with_timeout(&cfg.warehouse.path, cfg.warehouse.lock_wait)
             .map_err(|e| SyncError::Setup(format!("warehouse: {e}")))?;
         Ok(Pipeline {
             cfg,
@@ -405,7 +405,9 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
                 if let Some(fp) = &st.opts.failpoint
                     && let Err(m) = fp.hit("after_fetch")
                 {
-                    outcome = Err(("fetch", m, Outcome::Failed));
+                    // A failure between fetch and the lake write: the buffered pages are lost
+                    // with the process, so they are not landed here either.
+                    outcome = Err(("convert", m, Outcome::Failed));
                     break;
                 }
                 if st.buffer.len() >= p.cfg.sync.checkpoint_rows

@@ -1,5 +1,9 @@
 -- Analyst view of a ticket stream: typed timestamps (0 -> NULL), numeric elapsed times,
 -- rows deleted in Cerb (status_id 3) or absent from it (_hw_deleted_at) hidden.
+--
+-- Template rules (all views under sql/views/): {view} and {table} are filled in by highwater;
+-- one select-list expression per line, one condition per `AND` line. A line naming a column the
+-- table does not have yet (a young or filtered stream) is left out, so the view always fits.
 CREATE OR REPLACE VIEW analytics.{view} AS
 SELECT
     id,

@@ -223,7 +223,7 @@ impl Warehouse {
 }
 
 /// Create the stream's table, or add and widen columns to match `schema`.
-fn apply_schema(c: &Connection, stream: &str, schema: &TableSchema) -> duckdb::Result<()> {
+pub(crate) fn apply_schema(c: &Connection, stream: &str, schema: &TableSchema) -> duckdb::Result<()> {
     let table = quote_ident(stream);
     if !table_exists(c, stream)? {
         let mut defs: Vec<String> = schema
@@ -254,7 +254,9 @@ fn apply_schema(c: &Connection, stream: &str, schema: &TableSchema) -> duckdb::R
                 "ALTER TABLE {table} ADD COLUMN {} {want}",
                 quote_ident(&col.name)
             ))?,
-            Some((_, have)) if have != want => c.execute_batch(&format!(
+            // Only ever widen: a schema that is behind the table (re-derived state, an older
+            // run's view of it) must never narrow a column and lose what it holds.
+            Some((_, have)) if widens(have, want) => c.execute_batch(&format!(
                 "ALTER TABLE {table} ALTER COLUMN {} SET DATA TYPE {want}",
                 quote_ident(&col.name)
             ))?,
@@ -264,7 +266,43 @@ fn apply_schema(c: &Connection, stream: &str, schema: &TableSchema) -> duckdb::R
     Ok(())
 }
 
-fn view_exists(c: &Connection, stream: &str) -> duckdb::Result<bool> {
+/// Whether changing a column from DuckDB type `have` to `want` widens it (int → double → text).
+fn widens(have: &str, want: &str) -> bool {
+    match want {
+        "VARCHAR" => have != "VARCHAR",
+        "DOUBLE" => have == "BIGINT",
+        _ => false,
+    }
+}
+
+/// The source columns of a stream's table as a schema (system columns left out). Text columns
+/// come back as `utf8`: the table does not say which held JSON.
+pub(crate) fn table_columns(c: &Connection, stream: &str) -> duckdb::Result<TableSchema> {
+    let mut stmt = c.prepare(
+        "SELECT column_name, data_type FROM information_schema.columns \
+         WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position",
+    )?;
+    let rows: Vec<(String, String)> = stmt
+        .query_map(params![stream], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<duckdb::Result<_>>()?;
+    let columns = rows
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("_hw_"))
+        .map(|(name, ty)| crate::model::Column {
+            name,
+            ty: match ty.as_str() {
+                "BOOLEAN" => ColType::Bool,
+                "BIGINT" => ColType::Int64,
+                "DOUBLE" => ColType::Float64,
+                t if t.starts_with("TIMESTAMP") => ColType::TimestampUtc,
+                _ => ColType::Utf8,
+            },
+        })
+        .collect();
+    Ok(TableSchema { columns })
+}
+
+pub(crate) fn view_exists(c: &Connection, stream: &str) -> duckdb::Result<bool> {
     let n: i64 = c.query_row(
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'analytics' AND table_name = ?",
         params![stream],
@@ -282,19 +320,125 @@ fn view_template(record_type: &str) -> &'static str {
     }
 }
 
-/// (Re)create `analytics.<stream>` from the record type's template under `sql/views/`; a table
-/// without the columns a template names (a filtered or young stream) gets the default view.
+/// (Re)create `analytics.<stream>` from the record type's template under `sql/views/`.
+///
+/// A young or filtered stream may not have every column a template names yet. Template lines
+/// of the select list and `AND` lines of the WHERE clause that name a missing column are left
+/// out, so the view always fits the table (see the header of `sql/views/ticket.sql`).
 pub(crate) fn refresh_view(c: &Connection, stream: &str, record_type: &str) -> duckdb::Result<()> {
-    let render = |tpl: &str| {
-        tpl.replace("{view}", &quote_ident(stream))
-            .replace("{table}", &format!("main.{}", quote_ident(stream)))
-    };
-    let sql = render(view_template(record_type));
+    let mut stmt = c.prepare(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?",
+    )?;
+    let columns: std::collections::HashSet<String> = stmt
+        .query_map(params![stream], |r| r.get::<_, String>(0))?
+        .collect::<duckdb::Result<_>>()?;
+    let sql = render_view(view_template(record_type), stream, &columns);
     match c.execute_batch(&sql) {
         Ok(()) => Ok(()),
         Err(e) => {
-            tracing::info!(stream, error = %e, "typed analyst view does not fit the table yet; using the default view");
-            c.execute_batch(&render(include_str!("../../sql/views/default.sql")))
+            tracing::warn!(stream, error = %e, "typed analyst view failed; using the default view");
+            c.execute_batch(&render_view(include_str!("../../sql/views/default.sql"), stream, &columns))
         }
+    }
+}
+
+const SQL_WORDS: &[&str] = &[
+    "as", "and", "or", "not", "is", "null", "distinct", "from", "cast", "try_cast", "nullif",
+    "to_timestamp", "double", "bigint", "varchar", "boolean", "true", "false", "case", "when",
+    "then", "else", "end", "where", "in", "coalesce",
+];
+
+/// Source columns a template line names: identifiers that are not SQL words, not function names
+/// (followed by `(`) and not aliases (after `AS`).
+fn line_columns(line: &str) -> Vec<String> {
+    let code = line.split("--").next().unwrap_or("");
+    let bytes = code.as_bytes();
+    let mut out = Vec::new();
+    let mut prev_as = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let ch = bytes[i] as char;
+        if ch == '\'' {
+            // skip string literals
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'\'' {
+                i += 1;
+            }
+            i += 1;
+            continue;
+        }
+        if ch.is_ascii_alphabetic() || ch == '_' {
+            let start = i;
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                i += 1;
+            }
+            let word = &code[start..i];
+            let lower = word.to_ascii_lowercase();
+            let next = code[i..].trim_start().chars().next();
+            let is_fn = next == Some('(');
+            if !prev_as && !is_fn && !SQL_WORDS.contains(&lower.as_str()) {
+                out.push(word.to_string());
+            }
+            prev_as = lower == "as";
+            continue;
+        }
+        if !ch.is_whitespace() {
+            prev_as = false;
+        }
+        i += 1;
+    }
+    out
+}
+
+fn render_view(tpl: &str, stream: &str, columns: &std::collections::HashSet<String>) -> String {
+    let mut kept: Vec<String> = Vec::new();
+    let mut in_select = false;
+    for line in tpl.lines() {
+        let t = line.trim_start();
+        let upper = t.to_ascii_uppercase();
+        if upper.starts_with("SELECT") {
+            in_select = true;
+            kept.push(line.to_string());
+            continue;
+        }
+        if upper.starts_with("FROM") {
+            in_select = false;
+            // The last kept select line must not end with a comma.
+            if let Some(last) = kept.iter_mut().rev().find(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--")) {
+                let code_end = last.trim_end();
+                if let Some(stripped) = code_end.strip_suffix(',') {
+                    *last = stripped.to_string();
+                }
+            }
+            kept.push(line.to_string());
+            continue;
+        }
+        let conditional = (in_select && !t.is_empty() && !t.starts_with("--") && !t.starts_with('*'))
+            || upper.starts_with("AND ");
+        if conditional && line_columns(line).iter().any(|c| !columns.contains(c)) {
+            continue;
+        }
+        kept.push(line.to_string());
+    }
+    kept.join("\n")
+        .replace("{view}", &quote_ident(stream))
+        .replace("{table}", &format!("main.{}", quote_ident(stream)))
+}
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+
+    #[test]
+    fn template_lines_naming_missing_columns_are_left_out() {
+        let cols: std::collections::HashSet<String> =
+            ["id", "updated", "status_id", "_hw_synced_at", "_hw_deleted_at"].iter().map(|s| s.to_string()).collect();
+        let sql = render_view(view_template("ticket"), "tickets", &cols);
+        assert!(sql.contains("to_timestamp(NULLIF(updated, 0)) AS updated_at"), "{sql}");
+        assert!(!sql.contains("mask"), "{sql}");
+        assert!(sql.contains("status_id IS DISTINCT FROM 3"), "{sql}");
+        assert!(!sql.contains("synced_at,\nFROM") && sql.contains("AS synced_at\nFROM"), "{sql}");
+        assert_eq!(line_columns("    to_timestamp(NULLIF(closed_at, 0)) AS closed_at,"), vec!["closed_at"]);
+        assert_eq!(line_columns("  AND status_id IS DISTINCT FROM 3;"), vec!["status_id"]);
     }
 }

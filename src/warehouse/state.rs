@@ -200,7 +200,7 @@ impl Warehouse {
             .optional()
         })?;
         let Some((m, f, cu, ci, schema_json, version)) = row else {
-            return Ok(StreamState::default());
+            return self.derive_state(stream, mode, cursor_field);
         };
         if m != mode_str(mode) || f != cursor_field {
             return Err(WarehouseError::Invalid {
@@ -216,13 +216,54 @@ impl Warehouse {
             path: self.path().display().to_string(),
             message: format!("highwater.streams.schema_json of {stream} is not readable: {e}"),
         })?;
+        let cursor = match (cu, ci) {
+            (Some(u), Some(i)) => Some(Cursor::new(u, i)),
+            _ => self.derive_state(stream, mode, cursor_field)?.cursor,
+        };
         Ok(StreamState {
-            cursor: match (cu, ci) {
-                (Some(u), Some(i)) => Some(Cursor::new(u, i)),
-                _ => None,
-            },
+            cursor,
             schema,
             schema_version: version,
+        })
+    }
+
+    /// A stream whose saved state is gone (or never recorded a cursor) while its table has rows:
+    /// the cursor is re-derived from the committed rows — the greatest `(cursor_field, id)` — and
+    /// the schema from the table's columns, instead of silently starting from zero. Rows of that
+    /// last second are read again and merged, which is harmless.
+    fn derive_state(&self, stream: &str, mode: CursorMode, cursor_field: &str) -> Result<StreamState> {
+        self.with_conn("re-derive stream state from the table", |c| {
+            if !table_exists(c, stream)? {
+                return Ok(StreamState::default());
+            }
+            let table = super::quote_ident(stream);
+            let columns = super::commit::table_columns(c, stream)?;
+            let cursor: Option<Cursor> = match mode {
+                CursorMode::Id => c
+                    .query_row(&format!("SELECT max(id) FROM main.{table}"), [], |r| r.get::<_, Option<i64>>(0))?
+                    .map(|id| Cursor::new(0, id)),
+                CursorMode::UpdatedId if columns.get(cursor_field).is_some() => c
+                    .query_row(
+                        &format!(
+                            "SELECT coalesce(TRY_CAST({f} AS BIGINT), 0), id FROM main.{table} \
+                             ORDER BY 1 DESC, 2 DESC LIMIT 1",
+                            f = super::quote_ident(cursor_field)
+                        ),
+                        [],
+                        |r| Ok(Cursor::new(r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?,
+                CursorMode::UpdatedId => None,
+            };
+            if let Some(cur) = cursor {
+                tracing::warn!(stream, cursor = %cur,
+                    "no saved cursor for a stream whose table has rows; re-derived it from the committed rows");
+            }
+            Ok(StreamState {
+                cursor,
+                schema: if cursor.is_some() { columns } else { TableSchema::default() },
+                schema_version: 0,
+            })
         })
     }
 
@@ -245,8 +286,26 @@ impl Warehouse {
                 ],
             )
             .map_err(|e| self.db_err("record the start of a run", e))?;
+            // The stream's table exists from its first run on, even before a row lands.
+            if !table_exists(c, &s.stream).map_err(|e| self.db_err("look up the table", e))? {
+                let json: String = c
+                    .query_row("SELECT schema_json FROM highwater.streams WHERE name = ?", params![s.stream], |r| r.get(0))
+                    .map_err(|e| self.db_err("read the schema", e))?;
+                let schema: TableSchema = serde_json::from_str(&json).unwrap_or_default();
+                super::commit::apply_schema(c, &s.stream, &schema).map_err(|e| self.db_err("create the table", e))?;
+            }
             Ok(())
-        })
+        })?;
+        let view = self.with_conn("create the analyst view", |c| {
+            if super::commit::view_exists(c, &s.stream)? {
+                return Ok(());
+            }
+            super::commit::refresh_view(c, &s.stream, &s.record_type)
+        });
+        if let Err(e) = view {
+            tracing::warn!(stream = %s.stream, error = %e, "analyst view not created");
+        }
+        Ok(())
     }
 
     /// Record the end of a run, and its final cursor in the same transaction. The cursor never

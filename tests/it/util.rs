@@ -131,7 +131,7 @@ impl TestEnv {
             "SELECT cursor_updated, cursor_id FROM highwater.streams WHERE name = '{stream}'"
         ));
         rows.first()
-            .map(|r| Cursor::new(r[0].as_i64().unwrap(), r[1].as_i64().unwrap()))
+            .and_then(|r| Some(Cursor::new(r[0].as_i64()?, r[1].as_i64()?)))
     }
 
     /// Every row of every committed Parquet file of a stream, read back with the parquet crate.

@@ -116,7 +116,21 @@ impl CerbSource {
             }
             let q = match query::keyset(st.walk.mode, st.after, st.walk.horizon, &st.walk.filter) {
                 Some(q) => q,
-                None => return None,
+                None => {
+                    // The window is empty (the cursor is at the window end): the walk is complete
+                    // without asking the source, which an empty page says.
+                    st.done = true;
+                    let page = Page {
+                        number: st.page + 1,
+                        last: st.after,
+                        records: Vec::new(),
+                        requests: 0,
+                        retries: 0,
+                        wait: Duration::ZERO,
+                        bytes: 0,
+                    };
+                    return Some((Ok(page), st));
+                }
             };
             st.page += 1;
             let res = st.src.search(&st.walk.record_type, &q, st.walk.page_size).await;
