@@ -2,6 +2,7 @@
 //! Exit codes: 0 ok, 1 a job failed, 2 bad config or usage.
 
 mod bench;
+mod check;
 mod demo;
 mod init;
 mod query;
@@ -39,6 +40,8 @@ pub enum Command {
     Query(query::QueryArgs),
     /// Write a commented example config.
     Init(init::InitArgs),
+    /// Check the setup: config, one search per stream, a probe object in the lake, the warehouse.
+    Check(check::CheckArgs),
     /// Zero-config tour: a simulated Cerb on loopback, two syncs, an analyst query.
     Demo(demo::DemoArgs),
     /// Serve a Cerb-compatible simulator (for tests, demos and benchmarks).
@@ -111,6 +114,7 @@ async fn run(cli: Cli) -> CmdResult {
         Command::Status(a) => status::run(&cli.config, a).await,
         Command::Query(a) => query::run(&cli.config, a).await,
         Command::Init(a) => init::run(&cli.config, a),
+        Command::Check(a) => check::run(&cli.config, a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Simulate(a) => crate::sim::cli::run(a).await.map_err(Failure::from),
         Command::Bench(a) => bench::run(a).await,

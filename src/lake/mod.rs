@@ -394,6 +394,31 @@ impl Lake {
         }
     }
 
+    /// Deletes the Parquet objects under `prefix` that `keep` does not name and that were last
+    /// modified before `before`; returns the deleted keys. Manifests are left alone (runs rewrite
+    /// them from the warehouse). Listing only finds candidates: what is kept is decided by the
+    /// caller from the warehouse, so a store whose listing lags can only leave garbage, never
+    /// delete a committed file.
+    pub async fn sweep(
+        &self,
+        prefix: &str,
+        keep: &std::collections::HashSet<String>,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<String>, LakeError> {
+        let mut deleted = Vec::new();
+        for o in self.list(prefix).await? {
+            if o.key.ends_with(".parquet")
+                && !o.key.contains("/_manifests/")
+                && !keep.contains(&o.key)
+                && o.last_modified < before
+            {
+                self.delete(&o.key).await?;
+                deleted.push(o.key);
+            }
+        }
+        Ok(deleted)
+    }
+
     pub async fn exists(&self, key: &str) -> Result<bool, LakeError> {
         match self.store.head(&self.path(key)).await {
             Ok(_) => Ok(true),

@@ -50,10 +50,35 @@ fn memory_lake() -> Lake {
     Lake::open("memory://", &[], std::path::Path::new("/")).unwrap()
 }
 
-#[tokio::test]
-async fn round_trip_keeps_every_column_type_on_memory_and_local() {
+#[path = "../../tests/it/s3.rs"]
+mod s3_server;
+
+/// Every backend the conformance checks run against: memory, a local folder, and a real
+/// S3-protocol server (s3s-fs on 127.0.0.1:0, signed requests) through `Lake::open`.
+struct Backends {
+    lakes: Vec<Lake>,
+    dir: tempfile::TempDir,
+    s3: s3_server::S3Server,
+}
+
+fn backends() -> Backends {
     let dir = tempfile::tempdir().unwrap();
+    let s3 = s3_server::S3Server::start(&["lake"]);
     let local = Lake::open("file://./lake", &[], dir.path()).unwrap();
+    let remote = Lake::open("s3://lake/pre/fix", &s3.options(), dir.path()).unwrap();
+    Backends {
+        lakes: vec![memory_lake(), local, remote],
+        dir,
+        s3,
+    }
+}
+
+/// S3 refuses parts under 5 MiB (all but the last), so multipart checks use that size everywhere.
+const PART: usize = 5 * 1024 * 1024;
+
+#[tokio::test]
+async fn round_trip_keeps_every_column_type_on_every_backend() {
+    let b = backends();
     let batch = sample_batch(100);
     // Every ColType is present: bool, int64, float64, utf8, json, timestamp_utc.
     let types: std::collections::HashSet<String> = batch
@@ -65,7 +90,7 @@ async fn round_trip_keeps_every_column_type_on_memory_and_local() {
     for t in ["bool", "int64", "float64", "utf8", "json", "timestamp_utc"] {
         assert!(types.contains(t), "{t} missing from {types:?}");
     }
-    for lake in [memory_lake(), local] {
+    for lake in &b.lakes {
         let key = Lake::data_key(
             "tickets",
             chrono::NaiveDate::from_ymd_opt(2026, 1, 2).unwrap(),
@@ -127,9 +152,8 @@ async fn parquet_files_use_zstd_statistics_and_utc_micros() {
 
 #[tokio::test]
 async fn create_if_absent_refuses_an_existing_key_and_keeps_the_object() {
-    let dir = tempfile::tempdir().unwrap();
-    let local = Lake::open(dir.path().to_str().unwrap(), &[], dir.path()).unwrap();
-    for lake in [memory_lake(), local] {
+    let b = backends();
+    for lake in &b.lakes {
         let first = sample_batch(5);
         lake.write_parquet("s/k.parquet", first.schema(), std::slice::from_ref(&first))
             .await
@@ -145,7 +169,7 @@ async fn create_if_absent_refuses_an_existing_key_and_keeps_the_object() {
 
         // The multipart path (a part size far below the file size) refuses too.
         let big = sample_batch(20_000);
-        let small_parts = Lake::from_store(Arc::clone(&lake.store), Path::default(), "t".into())
+        let small_parts = Lake::from_store(Arc::clone(&lake.store), lake.base.clone(), "t".into())
             .with_part_size(64 * 1024);
         let err = small_parts
             .write_parquet("s/k.parquet", big.schema(), &[big])
@@ -285,66 +309,119 @@ fn wide_batch(rows: usize, offset: usize) -> RecordBatch {
     RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(s)]).unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_file_goes_multipart_in_bounded_parts_and_reads_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let local: Arc<dyn ObjectStore> =
-        Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
-    let faulty = Arc::new(Faulty::new(local, None));
-    let part = 1024 * 1024;
-    let lake =
-        Lake::from_store(faulty.clone(), Path::default(), "faulty".into()).with_part_size(part);
-    let batches: Vec<RecordBatch> = (0..30).map(|i| wide_batch(10_000, i * 10_000)).collect();
-    let written = lake
-        .write_parquet("big/x.parquet", batches[0].schema(), &batches)
-        .await
-        .unwrap();
-    assert_eq!(written.rows, 300_000);
-    let parts = faulty.parts.load(Ordering::SeqCst);
-    assert!(parts >= 3, "expected a multipart upload, got {parts} parts");
-    // Each part is one part size (the last may be smaller): the writer never holds the file.
-    assert!(faulty.max_part.load(Ordering::SeqCst) <= part);
-    let size = std::fs::metadata(dir.path().join("big/x.parquet"))
-        .unwrap()
-        .len();
-    assert_eq!(size, written.bytes);
-    let back = lake.read_parquet("big/x.parquet").await.unwrap();
-    let rows: usize = back.iter().map(|b| b.num_rows()).sum();
-    assert_eq!(rows, 300_000);
-    let ids: Vec<i64> = back
-        .iter()
-        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
-        .collect();
-    assert_eq!(ids, (0..300_000).collect::<Vec<i64>>());
-    let data = lake.get("big/x.parquet").await.unwrap();
-    let builder = ParquetRecordBatchReaderBuilder::try_new(data).unwrap();
-    assert!(
-        builder.metadata().num_row_groups() >= 4,
-        "row groups of ≤ 64k rows"
-    );
+    let b = backends();
+    let batches: Vec<RecordBatch> = (0..120).map(|i| wide_batch(10_000, i * 10_000)).collect();
+    for lake in &b.lakes {
+        let faulty = Arc::new(Faulty::new(Arc::clone(&lake.store), None));
+        let counted = Lake::from_store(faulty.clone(), lake.base.clone(), lake.url.clone())
+            .with_part_size(PART);
+        let written = counted
+            .write_parquet("big/x.parquet", batches[0].schema(), &batches)
+            .await
+            .unwrap();
+        assert_eq!(written.rows, 1_200_000);
+        let parts = faulty.parts.load(Ordering::SeqCst);
+        assert!(parts >= 3, "{}: expected a multipart upload, got {parts} parts", lake.url());
+        // Each part is one part size (the last may be smaller): the writer never holds the file.
+        assert!(faulty.max_part.load(Ordering::SeqCst) <= PART, "{}", lake.url());
+        let listed = lake.list("big").await.unwrap();
+        assert_eq!(listed.len(), 1, "{}", lake.url());
+        assert_eq!(listed[0].size, written.bytes, "{}", lake.url());
+        let back = lake.read_parquet("big/x.parquet").await.unwrap();
+        let ids: Vec<i64> = back
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
+        assert_eq!(ids, (0..1_200_000).collect::<Vec<i64>>(), "{}", lake.url());
+        let data = lake.get("big/x.parquet").await.unwrap();
+        let builder = ParquetRecordBatchReaderBuilder::try_new(data).unwrap();
+        assert!(builder.metadata().num_row_groups() >= 18, "row groups of ≤ 64k rows");
+    }
+    assert!(b.s3.pending_parts().is_empty(), "{:?}", b.s3.pending_parts());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_part_leaves_no_object_and_aborts_the_upload() {
-    let dir = tempfile::tempdir().unwrap();
-    let local: Arc<dyn ObjectStore> =
-        Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
-    let faulty = Arc::new(Faulty::new(local, Some(2)));
-    let lake = Lake::from_store(faulty.clone(), Path::default(), "faulty".into())
-        .with_part_size(256 * 1024);
-    let batches: Vec<RecordBatch> = (0..5).map(|i| wide_batch(20_000, i * 20_000)).collect();
+    let b = backends();
+    let batches: Vec<RecordBatch> = (0..60).map(|i| wide_batch(10_000, i * 10_000)).collect();
+    for lake in &b.lakes {
+        let faulty = Arc::new(Faulty::new(Arc::clone(&lake.store), Some(2)));
+        let failing = Lake::from_store(faulty.clone(), lake.base.clone(), lake.url.clone())
+            .with_part_size(PART);
+        let err = failing
+            .write_parquet("f/x.parquet", batches[0].schema(), &batches)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("injected failure"), "{err}");
+        assert!(faulty.aborted.load(Ordering::SeqCst), "{}: upload not aborted", lake.url());
+        assert!(!lake.exists("f/x.parquet").await.unwrap(), "{}", lake.url());
+        assert!(lake.list("f").await.unwrap().is_empty(), "{}", lake.url());
+        // The same key can be written afterwards: nothing half-written blocks it.
+        let again = Lake::from_store(Arc::clone(&lake.store), lake.base.clone(), lake.url.clone())
+            .with_part_size(PART);
+        again
+            .write_parquet("f/x.parquet", batches[0].schema(), &batches[..2])
+            .await
+            .unwrap();
+    }
+    // Nothing staged is left behind: no part file in the local folder, no pending upload parts
+    // on the S3 server.
+    let leftovers: Vec<_> = std::fs::read_dir(b.dir.path().join("lake/f"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(leftovers, vec!["x.parquet".to_string()]);
+    assert!(b.s3.pending_parts().is_empty(), "{:?}", b.s3.pending_parts());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_rejected_by_the_s3_server_aborts_the_upload() {
+    // The failure comes from the server itself (HTTP 403 on the second part), not a wrapper.
+    let b = backends();
+    let s3 = &b.lakes[2];
+    let lake = Lake::from_store(Arc::clone(&s3.store), s3.base.clone(), s3.url.clone())
+        .with_part_size(PART);
+    let batches: Vec<RecordBatch> = (0..60).map(|i| wide_batch(10_000, i * 10_000)).collect();
+    b.s3.fail_part(2);
     let err = lake
-        .write_parquet("f/x.parquet", batches[0].schema(), &batches)
+        .write_parquet("g/x.parquet", batches[0].schema(), &batches)
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("injected failure"), "{err}");
-    assert!(faulty.aborted.load(Ordering::SeqCst), "upload not aborted");
-    assert!(!lake.exists("f/x.parquet").await.unwrap());
-    // Nothing at all is left in the folder (no staged part file either).
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("f"))
-        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
-        .unwrap_or_default();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(b.s3.parts_seen() >= 2, "the upload reached the second part");
+    assert!(matches!(err, LakeError::PermissionDenied { .. } | LakeError::Storage { .. }), "{err}");
+    b.s3.fail_part(0);
+    assert!(!lake.exists("g/x.parquet").await.unwrap());
+    assert!(b.s3.objects("lake").is_empty(), "{:?}", b.s3.objects("lake"));
+    assert!(b.s3.pending_parts().is_empty(), "{:?}", b.s3.pending_parts());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_deletes_only_unreferenced_old_data_files() {
+    let b = backends();
+    let batch = sample_batch(3);
+    for lake in &b.lakes {
+        for k in ["s/d=1/a.parquet", "s/d=1/b.parquet", "s/d=2/c.parquet"] {
+            lake.write_parquet(k, batch.schema(), std::slice::from_ref(&batch))
+                .await
+                .unwrap();
+        }
+        lake.put_json("s/_manifests/r.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let keep: std::collections::HashSet<String> = ["s/d=1/b.parquet".to_string()].into();
+        // Objects newer than the cut-off are left (a run may still be committing them).
+        let long_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+        assert!(lake.sweep("s", &keep, long_ago).await.unwrap().is_empty());
+        let soon = chrono::Utc::now() + chrono::Duration::seconds(5);
+        let deleted = lake.sweep("s", &keep, soon).await.unwrap();
+        assert_eq!(deleted, vec!["s/d=1/a.parquet", "s/d=2/c.parquet"], "{}", lake.url());
+        let left: Vec<String> = lake.list("s").await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(left, vec!["s/_manifests/r.json", "s/d=1/b.parquet"], "{}", lake.url());
+        // A sweep repeated finds nothing more.
+        assert!(lake.sweep("s", &keep, soon).await.unwrap().is_empty());
+    }
 }
 
 #[tokio::test]
@@ -435,7 +512,13 @@ async fn relative_file_url_resolves_against_base_dir_and_creates_the_folder() {
 
 #[tokio::test]
 async fn manifests_overwrite_and_list_delete_exists_work() {
-    let lake = memory_lake();
+    let b = backends();
+    for lake in &b.lakes {
+        manifest_checks(lake).await;
+    }
+}
+
+async fn manifest_checks(lake: &Lake) {
     let key = Lake::manifest_key("tickets", "run-9");
     assert_eq!(key, "tickets/_manifests/run-9.json");
     assert!(!lake.exists(&key).await.unwrap());

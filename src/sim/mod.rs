@@ -482,7 +482,11 @@ fn update_in(t: &mut Table, id: i64, fields: Map<String, Value>, stamp: Option<i
     };
     sync_ticket_status(t.rtype, &mut obj, &fields);
     obj.extend(fields);
-    if let Some(now) = stamp {
+    // Messages and comments have no change timestamp: an edit leaves `created` alone (Cerb edits
+    // a comment silently), so only types with `updated` are stamped.
+    if let Some(now) = stamp
+        && t.rtype.has_updated()
+    {
         obj.insert(t.rtype.ts_key().into(), Value::from(now));
     }
     t.put(id, &Value::Object(obj));
