@@ -1,9 +1,9 @@
 //! Records per second the simulator serves to a client that only downloads keyset pages of 500
 //! tickets (`(updated:"{T+1} to {H}" OR (updated:"{T} to {T}" id:>{I})) sort:updated,id`).
 //!
-//! Run: `cargo bench --bench sim_serve` (env `SIM_BENCH_RECORDS`, default 200000). The simulator runs
-//! on its own single-threaded runtime (one core); the client runs on another thread. Set
-//! `SIM_BENCH_SHARED=1` to put both on one thread (a floor: the client's parsing shares the core).
+//! Run: `cargo bench --bench sim_serve` (env `SIM_BENCH_RECORDS`, default 200000). Simulator and
+//! client share one single-threaded runtime, so the number is what one core serves while also
+//! running the client: a floor for the simulator alone.
 
 use std::time::Instant;
 

@@ -22,7 +22,10 @@ impl Cursor {
     }
     /// The cursor after a fully read window ending at `h`: `(h, +inf)`.
     pub fn window_done(h: i64) -> Self {
-        Cursor { updated: h, id: i64::MAX }
+        Cursor {
+            updated: h,
+            id: i64::MAX,
+        }
     }
     pub fn second_done(&self) -> bool {
         self.id == i64::MAX

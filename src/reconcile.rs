@@ -94,21 +94,32 @@ pub async fn run(
 }
 
 /// Filters on a field that changes make rows leave the filter; reconcile then sees them as deleted.
+/// Every filter field but `id` and `created` (which never change) can change over a record's life
+/// (`status:`, `owner.id:`, `group.id:`, `isCompleted:`, custom fields …), so any other is warned about.
 pub fn filter_warning(s: &StreamConfig) -> Option<String> {
-    let f = s.filter.to_ascii_lowercase();
-    if f.is_empty() {
-        return None;
-    }
-    let volatile = ["status", "owner", "group", "bucket", "importance", "closed", "is_completed"];
-    volatile
+    let fields: Vec<String> = s
+        .filter
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+        .filter_map(|tok| {
+            tok.split_once(':')
+                .map(|(f, _)| f.trim_start_matches('!').to_string())
+        })
+        .filter(|f| !f.is_empty() && !f.starts_with('"'))
+        .collect();
+    let volatile: Vec<&String> = fields
         .iter()
-        .find(|v| f.contains(&format!("{v}:")))
-        .map(|v| {
-            format!(
-                "stream {} filters on `{v}:`, which changes over a record's life: rows that leave the filter look deleted to reconcile",
-                s.name
+        .filter(|f| {
+            !matches!(
+                f.to_ascii_lowercase().as_str(),
+                "id" | "created" | "sort" | "limit"
             )
         })
+        .collect();
+    let first = volatile.first()?;
+    Some(format!(
+        "stream {} filters on `{first}:`, which can change over a record's life: rows that leave the filter look deleted to reconcile",
+        s.name
+    ))
 }
 
 struct Known {
@@ -117,7 +128,11 @@ struct Known {
     deleted: bool,
 }
 
-async fn reconcile_stream(p: &Pipeline, s: &StreamConfig, opts: &ReconcileOptions) -> ReconcileReport {
+async fn reconcile_stream(
+    p: &Pipeline,
+    s: &StreamConfig,
+    opts: &ReconcileOptions,
+) -> ReconcileReport {
     let started = Instant::now();
     let mut rep = ReconcileReport {
         stream: s.name.clone(),
@@ -134,7 +149,11 @@ async fn reconcile_stream(p: &Pipeline, s: &StreamConfig, opts: &ReconcileOption
     if let Err(e) = result {
         let msg = format!("stream {}: reconcile {}: {e}", s.name, rep.run_id);
         tracing::error!("{msg}");
-        rep.outcome = if rep.outcome == "refused" { "refused".into() } else { "failed".into() };
+        rep.outcome = if rep.outcome == "refused" {
+            "refused".into()
+        } else {
+            "failed".into()
+        };
         rep.error = Some(msg);
     }
     rep
@@ -195,7 +214,10 @@ async fn scan_and_apply(
         let page = match page {
             Ok(pg) => pg,
             Err(e) => {
-                scan_error = Some(format!("the scan stopped at page {}: {e}", counts.pages + 1));
+                scan_error = Some(format!(
+                    "the scan stopped at page {}: {e}",
+                    counts.pages + 1
+                ));
                 break;
             }
         };
@@ -251,7 +273,15 @@ async fn scan_and_apply(
         scan_error = Some("the scan ended without reaching the last page".into());
     }
     if let Some(e) = scan_error {
-        finish(p, rep, Outcome::Failed, Some(e.clone()), counts, opts.dry_run).await;
+        finish(
+            p,
+            rep,
+            Outcome::Failed,
+            Some(e.clone()),
+            counts,
+            opts.dry_run,
+        )
+        .await;
         return Err(format!("{e}; nothing was marked"));
     }
 
@@ -288,8 +318,18 @@ async fn scan_and_apply(
         && !opts.force
     {
         rep.outcome = "refused".into();
-        let msg = format!("{why}; nothing was marked. Check the source, then rerun with --force to apply");
-        finish(p, rep, Outcome::Failed, Some(msg.clone()), counts, opts.dry_run).await;
+        let msg = format!(
+            "{why}; nothing was marked. Check the source, then rerun with --force to apply"
+        );
+        finish(
+            p,
+            rep,
+            Outcome::Failed,
+            Some(msg.clone()),
+            counts,
+            opts.dry_run,
+        )
+        .await;
         return Err(msg);
     }
     if opts.dry_run {
@@ -440,5 +480,47 @@ where
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.to_string()),
         Err(e) => Err(format!("internal task failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::filter_warning;
+    use crate::config::StreamConfig;
+    use crate::model::CursorMode;
+
+    fn stream(filter: &str) -> StreamConfig {
+        StreamConfig {
+            name: "t".into(),
+            record_type: "ticket".into(),
+            cursor: CursorMode::UpdatedId,
+            cursor_field: "updated".into(),
+            filter: filter.into(),
+            lag: 5,
+            page_size: 500,
+        }
+    }
+
+    #[test]
+    fn filters_on_changing_fields_are_warned_about() {
+        for f in [
+            "status:o",
+            "owner.id:3",
+            "(group.id:[1,2])",
+            "isCompleted:n",
+            "!status:c",
+            "id:>10 status:o",
+        ] {
+            let w = filter_warning(&stream(f)).unwrap_or_else(|| panic!("{f} not warned"));
+            assert!(w.contains("look deleted"), "{w}");
+        }
+        for f in [
+            "",
+            "id:>10",
+            "created:\"-1 year to now\"",
+            "(id:>5 id:<100)",
+        ] {
+            assert_eq!(filter_warning(&stream(f)), None, "{f}");
+        }
     }
 }

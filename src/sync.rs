@@ -3,8 +3,9 @@
 //! cursor in one warehouse transaction.
 //!
 //! Order per checkpoint (DESIGN.md §1, §7): Parquet object written (unique key, create-if-absent) →
-//! ONE DuckDB transaction (rows merged, file recorded, cursor advanced) → manifest rewritten from
-//! the warehouse. A crash before the transaction leaves an orphan object nothing references; a
+//! ONE DuckDB transaction (rows merged, file recorded, cursor advanced). At the end of the run its
+//! manifest is written from the warehouse; the next run rewrites the manifests of runs that died
+//! before theirs. A crash before the transaction leaves an orphan object nothing references; a
 //! crash after it loses nothing. Pages fetched after the last checkpoint are simply fetched again.
 
 use std::collections::HashMap;
@@ -50,8 +51,12 @@ pub struct FailPoint {
 }
 
 impl FailPoint {
-    pub const POINTS: &'static [&'static str] =
-        &["after_fetch", "after_lake_write", "after_commit", "after_manifest"];
+    pub const POINTS: &'static [&'static str] = &[
+        "after_fetch",
+        "after_lake_write",
+        "after_commit",
+        "after_manifest",
+    ];
 
     /// Fail (or abort) the `nth` time `point` is reached.
     pub fn new(point: &str, nth: u32, abort: bool) -> FailPoint {
@@ -135,7 +140,8 @@ impl Pipeline {
     pub fn build(cfg: Config) -> Result<Pipeline, SyncError> {
         let source = CerbSource::new(&cfg.source).map_err(|e| SyncError::Setup(e.to_string()))?;
         let lake = Lake::open(&cfg.lake.url, &cfg.lake.options, &cfg.base_dir)
-            .map_err(|e| SyncError::Setup(format!("lake: {e}")))?;
+            .map_err(|e| SyncError::Setup(format!("lake: {e}")))?
+            .with_part_size(cfg.lake.part_size);
         let warehouse = Warehouse::open_with_timeout(&cfg.warehouse.path, cfg.warehouse.lock_wait)
             .map_err(|e| SyncError::Setup(format!("warehouse: {e}")))?;
         Ok(Pipeline {
@@ -230,7 +236,10 @@ async fn write_manifests_for_run(p: &Pipeline, run_id: &str) -> Result<(), Strin
         });
         let key = Lake::manifest_key(&stream, run_id);
         p.lake
-            .put_json(&key, bytes::Bytes::from(serde_json::to_vec_pretty(&body).unwrap_or_default()))
+            .put_json(
+                &key,
+                bytes::Bytes::from(serde_json::to_vec_pretty(&body).unwrap_or_default()),
+            )
             .await
             .map_err(|e| e.to_string())?;
     }
@@ -285,17 +294,18 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
     // State first: the cursor and schema this run starts from.
     let wh = p.warehouse.clone();
     let (name, mode, field) = (s.name.clone(), s.cursor, s.cursor_field.clone());
-    let state = match tokio::task::spawn_blocking(move || wh.stream_state(&name, mode, &field)).await {
-        Ok(Ok(st)) => st,
-        Ok(Err(e)) => {
-            fail(&mut report, "load state", e.to_string());
-            return report;
-        }
-        Err(e) => {
-            fail(&mut report, "load state", e.to_string());
-            return report;
-        }
-    };
+    let state =
+        match tokio::task::spawn_blocking(move || wh.stream_state(&name, mode, &field)).await {
+            Ok(Ok(st)) => st,
+            Ok(Err(e)) => {
+                fail(&mut report, "load state", e.to_string());
+                return report;
+            }
+            Err(e) => {
+                fail(&mut report, "load state", e.to_string());
+                return report;
+            }
+        };
     let cursor = state.cursor.unwrap_or(Cursor::START);
     report.cursor_before = cursor.to_string();
     report.cursor_after = cursor.to_string();
@@ -494,7 +504,10 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
         report.error = Some(e);
     }
     if let Err(e) = finished {
-        let msg = format!("stream {}: could not record the end of run {run_id}: {e}", s.name);
+        let msg = format!(
+            "stream {}: could not record the end of run {run_id}: {e}",
+            s.name
+        );
         tracing::error!("{msg}");
         report.outcome = "failed".into();
         report.error.get_or_insert(msg);
@@ -532,18 +545,21 @@ async fn checkpoint(st: &mut RunState<'_>) -> Result<(), (&'static str, String)>
         .date_naive();
     let key = Lake::data_key(&st.s.name, date, &st.run_id, st.seq);
     let rows = batch.num_rows() as u64;
-    let written = st
-        .p
-        .lake
-        .write_parquet(&key, batch.schema(), std::slice::from_ref(&batch))
-        .await
-        .map_err(|e| ("lake write", e.to_string()))?;
+    let written =
+        st.p.lake
+            .write_parquet(&key, batch.schema(), std::slice::from_ref(&batch))
+            .await
+            .map_err(|e| ("lake write", e.to_string()))?;
     if let Some(fp) = &st.opts.failpoint {
         fp.hit("after_lake_write").map_err(|m| ("lake write", m))?;
     }
     let wh = st.p.warehouse.clone();
     let schema = st.converter.schema().clone();
-    let (stream, record_type, run_id) = (st.s.name.clone(), st.s.record_type.clone(), st.run_id.clone());
+    let (stream, record_type, run_id) = (
+        st.s.name.clone(),
+        st.s.record_type.clone(),
+        st.run_id.clone(),
+    );
     let seq = st.seq;
     let cursor = st.last;
     let (pages, fetched) = (st.counts.pages, st.counts.rows_fetched);
@@ -594,4 +610,3 @@ where
         Err(e) => Err(format!("internal task failed: {e}")),
     }
 }
-

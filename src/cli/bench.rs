@@ -85,14 +85,21 @@ pub async fn run(args: BenchArgs) -> CmdResult {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
     let child = SimChild(child);
     let url = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
         let mut lines = std::io::BufReader::new(stdout).lines();
         for line in lines.by_ref() {
             let line = line?;
             if let Some(pos) = line.find("http://127.0.0.1:") {
-                let url: String = line[pos..].split_whitespace().next().unwrap_or("").to_string();
+                let url: String = line[pos..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
                 // Keep draining so the child never blocks on a full pipe.
                 std::thread::spawn(move || for _ in lines {});
                 return Ok(url);
@@ -117,7 +124,7 @@ pub async fn run(args: BenchArgs) -> CmdResult {
     let toml = format!(
         "[source]\nurl = \"{url}\"\ntoken = \"${{BENCH_TOKEN}}\"\n[lake]\nurl = \"file://./lake\"\n\
          [warehouse]\npath = \"warehouse.duckdb\"\n[sync]\ncheckpoint_rows = {}\ncheckpoint_secs = 3600\n\
-         [[streams]]\nname = \"tickets\"\nrecord_type = \"ticket\"\nlag_secs = 0\n",
+         [[streams]]\nname = \"tickets\"\nrecord_type = \"ticket\"\nlag_secs = 1\n",
         args.checkpoint_rows
     );
     let env: BTreeMap<String, String> = [("BENCH_TOKEN".to_string(), token.to_string())].into();
@@ -173,7 +180,10 @@ pub async fn run(args: BenchArgs) -> CmdResult {
         r.files.len()
     );
     if let Some(b) = baseline_rate {
-        println!("ratio      : full sync runs at {:.2}× the fetch-only rate", rate / b);
+        println!(
+            "ratio      : full sync runs at {:.2}× the fetch-only rate",
+            rate / b
+        );
     }
     if args.reconcile {
         // A child process, so its peak RSS is its own (RUSAGE_CHILDREN counts only waited-for
@@ -190,7 +200,11 @@ pub async fn run(args: BenchArgs) -> CmdResult {
             .output()?;
         let secs = t0.elapsed().as_secs_f64();
         if !out.status.success() {
-            return Err(anyhow::anyhow!("the benchmark reconcile failed: {}", String::from_utf8_lossy(&out.stdout)).into());
+            return Err(anyhow::anyhow!(
+                "the benchmark reconcile failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+            .into());
         }
         // SAFETY: getrusage only writes into the struct we pass.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };

@@ -110,14 +110,20 @@ async fn check_source(cfg: &Config) -> Vec<Line> {
 }
 
 async fn check_lake(cfg: &Config) -> Line {
-    let what = format!("lake {} (write, read back, delete a probe object)", cfg.lake.url);
+    let what = format!(
+        "lake {} (write, read back, delete a probe object)",
+        cfg.lake.url
+    );
     let lake = match Lake::open(&cfg.lake.url, &cfg.lake.options, &cfg.base_dir) {
         Ok(l) => l,
         Err(e) => {
             return Line::failed(what, e, "check [lake] url and [lake.options]");
         }
     };
-    let what = format!("lake {} (write, read back, delete a probe object)", lake.url());
+    let what = format!(
+        "lake {} (write, read back, delete a probe object)",
+        lake.url()
+    );
     let key = format!("_highwater_check/{}.json", uuid::Uuid::now_v7());
     let body = Bytes::from(format!("{{\"probe\":\"{key}\"}}"));
     let fix = "check the credentials (AWS_*/GOOGLE_*/AZURE_* or [lake.options]), that the bucket exists, and that they may put, get and delete objects";
@@ -152,7 +158,8 @@ async fn check_warehouse(cfg: &Config) -> Line {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let probe = dir.join(format!(".highwater-check-{}", std::process::id()));
-        std::fs::write(&probe, b"probe").map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
+        std::fs::write(&probe, b"probe")
+            .map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
         let _ = std::fs::remove_file(&probe);
         Ok("does not exist yet; its folder is writable, the first sync creates it".to_string())
     })

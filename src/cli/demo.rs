@@ -59,15 +59,19 @@ cursor = "id"
 
 fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
-        let ours = dir.join("highwater.toml").exists()
-            || std::fs::read_dir(dir)?.next().is_none();
+        let ours = dir.join("highwater.toml").exists() || std::fs::read_dir(dir)?.next().is_none();
         if !ours {
             anyhow::bail!(
                 "{} exists and does not hold an earlier demo; pass --dir to choose another folder",
                 dir.display()
             );
         }
-        for name in ["lake", "warehouse.duckdb", "warehouse.duckdb.wal", "warehouse.duckdb.lock"] {
+        for name in [
+            "lake",
+            "warehouse.duckdb",
+            "warehouse.duckdb.wal",
+            "warehouse.duckdb.lock",
+        ] {
             let p = dir.join(name);
             if p.is_dir() {
                 std::fs::remove_dir_all(&p)?;
@@ -109,7 +113,12 @@ pub async fn run(args: DemoArgs) -> CmdResult {
         ..SimConfig::default()
     })
     .await?;
-    println!("simulated Cerb at {} with {} tickets and {} messages", sim.base_url(), sim.records("ticket").len(), sim.records("message").len());
+    println!(
+        "simulated Cerb at {} with {} tickets and {} messages",
+        sim.base_url(),
+        sim.records("ticket").len(),
+        sim.records("message").len()
+    );
 
     // An admin bulk-updates 1,200 tickets: all stamped with one second, more than two pages.
     let ids: Vec<i64> = sim
@@ -119,7 +128,10 @@ pub async fn run(args: DemoArgs) -> CmdResult {
         .take(1200)
         .collect();
     let second = sim.bulk_update("ticket", &ids, obj(json!({"importance": 75})));
-    println!("bulk update: {} tickets now share updated = {second}", ids.len());
+    println!(
+        "bulk update: {} tickets now share updated = {second}",
+        ids.len()
+    );
     // Let the window (now − 5 s lag) pass that second.
     sim.set_clock(Clock::Offset(10));
 
@@ -149,13 +161,26 @@ pub async fn run(args: DemoArgs) -> CmdResult {
         .filter_map(|r| crate::source::parse_int(&r["id"]))
         .collect();
     for id in live.iter().skip(1500).take(100) {
-        sim.update("ticket", *id, obj(json!({"status": "closed", "status_id": 2})), true);
+        sim.update(
+            "ticket",
+            *id,
+            obj(json!({"status": "closed", "status_id": 2})),
+            true,
+        );
     }
     let bulk: Vec<i64> = live.iter().skip(2000).take(700).copied().collect();
     sim.bulk_update("ticket", &bulk, obj(json!({"spam_training": "N"})));
+    // A row committed late: dated 2 s ago (inside the lag window the first sync stayed behind),
+    // with an id below ones already loaded.
+    let late = sim.late_write(
+        "ticket",
+        sim.now() - 2,
+        obj(json!({"subject": "Late commit from a long transaction", "status": "open", "status_id": 0})),
+    );
     sim.set_clock(Clock::Offset(20));
     println!(
-        "\nsource changed: {created} new tickets, 100 closed, 700 bulk-updated in one second"
+        "\nsource changed: {created} new tickets, 100 closed, 700 bulk-updated in one second, \
+         1 late write (id {late}, dated inside the lag window)"
     );
 
     let second_run = crate::sync::run(&p, None, &opts).await?;
@@ -168,7 +193,9 @@ pub async fn run(args: DemoArgs) -> CmdResult {
     for id in live.iter().skip(200).take(3) {
         sim.purge("ticket", *id);
     }
-    println!("\nsource changed silently: 5 tickets deleted through the API (updated kept), 3 purged");
+    println!(
+        "\nsource changed silently: 5 tickets deleted through the API (updated kept), 3 purged"
+    );
     let reconciled = crate::reconcile::run(
         &p,
         Some("tickets"),
@@ -183,8 +210,14 @@ pub async fn run(args: DemoArgs) -> CmdResult {
     for r in &reconciled {
         println!(
             "  {:<9} {:<10} scanned {}, marked deleted {} {:?}, repaired {} (e.g. {:?}), undeleted {}",
-            r.stream, r.outcome, r.scanned, r.deleted, r.sample_deleted, r.repaired,
-            r.sample_repaired, r.undeleted
+            r.stream,
+            r.outcome,
+            r.scanned,
+            r.deleted,
+            r.sample_deleted,
+            r.repaired,
+            r.sample_repaired,
+            r.undeleted
         );
         if let Some(e) = &r.error {
             println!("            error: {e}");
@@ -212,17 +245,33 @@ pub async fn run(args: DemoArgs) -> CmdResult {
     })
     .await
     .map_err(anyhow::Error::from)??;
-    println!("\nsource now has {src_tickets} tickets and {src_messages} messages; the warehouse has:");
+    println!(
+        "\nsource now has {src_tickets} tickets and {src_messages} messages; the warehouse has:"
+    );
     println!("{counts}");
     println!("an analyst's query (analytics.tickets: typed timestamps, deleted rows hidden):");
     println!("{analyst}");
     let files = count_files(&dir.join("lake"));
-    println!("lake: {files} Parquet file(s) under {}", dir.join("lake").display());
+    println!(
+        "lake: {files} Parquet file(s) under {}",
+        dir.join("lake").display()
+    );
     println!(
         "\nopen it yourself:\n  duckdb {wh}\n  highwater --config {cfg} status\n  highwater --config {cfg} query \"SELECT count(*) FROM tickets\"",
         wh = wh_path.display(),
         cfg = cfg_path.display()
     );
+    let failed: Vec<String> = first
+        .iter()
+        .chain(&second_run)
+        .filter_map(|r| r.error.clone())
+        .chain(reconciled.iter().filter_map(|r| r.error.clone()))
+        .collect();
+    if !failed.is_empty() {
+        return Err(
+            anyhow::anyhow!("the demo did not run cleanly:\n  {}", failed.join("\n  ")).into(),
+        );
+    }
     Ok(())
 }
 

@@ -16,10 +16,19 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "highwater", version, about = "Incremental loader: Cerb → Parquet lake → DuckDB warehouse")]
+#[command(
+    name = "highwater",
+    version,
+    about = "Incremental loader: Cerb → Parquet lake → DuckDB warehouse"
+)]
 pub struct Cli {
     /// Config file.
-    #[arg(long, global = true, default_value = "highwater.toml", env = "HIGHWATER_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "highwater.toml",
+        env = "HIGHWATER_CONFIG"
+    )]
     pub config: PathBuf,
     /// Log format on stderr.
     #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
@@ -81,7 +90,10 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(&cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -123,7 +135,8 @@ async fn run(cli: Cli) -> CmdResult {
 
 fn init_logging(format: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HIGHWATER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("HIGHWATER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -30,9 +30,10 @@ pub async fn run(config: &Path, args: QueryArgs) -> CmdResult {
     };
     let path = cfg.warehouse.path.clone();
     let sql = args.sql;
-    let text = tokio::task::spawn_blocking(move || Warehouse::open_read_only(&path)?.query(&sql, format))
-        .await
-        .map_err(anyhow::Error::from)??;
+    let text =
+        tokio::task::spawn_blocking(move || Warehouse::open_read_only(&path)?.query(&sql, format))
+            .await
+            .map_err(anyhow::Error::from)??;
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     if !text.ends_with('\n') {

@@ -54,7 +54,11 @@ pub async fn run(config: &Path, args: ReconcileArgs) -> CmdResult {
                 r.repaired,
                 r.missing,
                 r.seconds,
-                if args.dry_run { "  (dry run: nothing changed)" } else { "" }
+                if args.dry_run {
+                    "  (dry run: nothing changed)"
+                } else {
+                    ""
+                }
             );
             if !r.sample_deleted.is_empty() {
                 println!("  deleted ids (sample): {:?}", r.sample_deleted);

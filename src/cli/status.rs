@@ -42,6 +42,7 @@ pub async fn run(config: &Path, args: StatusArgs) -> CmdResult {
             "rows_deleted": st.map(|x| x.rows_deleted),
             "last_run": st.and_then(|x| x.last_run.clone()),
             "last_reconcile": st.and_then(|x| x.last_reconcile.clone()),
+            "warning": crate::reconcile::filter_warning(s),
         }));
     }
     if args.json {
@@ -62,14 +63,29 @@ pub async fn run(config: &Path, args: StatusArgs) -> CmdResult {
             None => println!("  cursor      none (never synced)"),
         }
         if let Some(x) = st {
-            println!("  rows        {} live, {} marked deleted", x.rows_live, x.rows_deleted);
+            println!(
+                "  rows        {} live, {} marked deleted",
+                x.rows_live, x.rows_deleted
+            );
             match &x.last_run {
                 Some(r) => println!(
                     "  last run    {} {} {} started {}{}\n              {} rows written, {} pages, {} requests, {} retries{}",
-                    r.kind, r.run_id, r.outcome, r.started_at,
-                    r.finished_at.as_ref().map(|f| format!(", finished {f}")).unwrap_or_default(),
-                    r.counts.rows_written, r.counts.pages, r.counts.requests, r.counts.retries,
-                    r.error.as_ref().map(|e| format!("\n  error       {e}")).unwrap_or_default()
+                    r.kind,
+                    r.run_id,
+                    r.outcome,
+                    r.started_at,
+                    r.finished_at
+                        .as_ref()
+                        .map(|f| format!(", finished {f}"))
+                        .unwrap_or_default(),
+                    r.counts.rows_written,
+                    r.counts.pages,
+                    r.counts.requests,
+                    r.counts.retries,
+                    r.error
+                        .as_ref()
+                        .map(|e| format!("\n  error       {e}"))
+                        .unwrap_or_default()
                 ),
                 None => println!("  last run    none"),
             }
@@ -84,7 +100,11 @@ pub async fn run(config: &Path, args: StatusArgs) -> CmdResult {
                                 .filter_map(|k| {
                                     let ids = d.get(*k)?.as_array()?;
                                     (!ids.is_empty()).then(|| {
-                                        format!("{} {}", k.trim_start_matches("sample_"), serde_json::Value::Array(ids.clone()))
+                                        format!(
+                                            "{} {}",
+                                            k.trim_start_matches("sample_"),
+                                            serde_json::Value::Array(ids.clone())
+                                        )
                                     })
                                 })
                                 .collect::<Vec<_>>()
@@ -93,13 +113,28 @@ pub async fn run(config: &Path, args: StatusArgs) -> CmdResult {
                         .unwrap_or_default();
                     println!(
                         "  reconcile   {} {} started {}: scanned {}, deleted {}, undeleted {}, repaired {}{}{}",
-                        r.run_id, r.outcome, r.started_at, r.counts.scanned, r.counts.deleted,
-                        r.counts.undeleted, r.counts.repaired,
-                        if samples.is_empty() { String::new() } else { format!("\n              ids: {samples}") },
-                        r.error.as_ref().map(|e| format!("\n  error       {e}")).unwrap_or_default()
+                        r.run_id,
+                        r.outcome,
+                        r.started_at,
+                        r.counts.scanned,
+                        r.counts.deleted,
+                        r.counts.undeleted,
+                        r.counts.repaired,
+                        if samples.is_empty() {
+                            String::new()
+                        } else {
+                            format!("\n              ids: {samples}")
+                        },
+                        r.error
+                            .as_ref()
+                            .map(|e| format!("\n  error       {e}"))
+                            .unwrap_or_default()
                     );
                 }
                 None => println!("  reconcile   never run"),
+            }
+            if let Some(w) = v["warning"].as_str() {
+                println!("  warning     {w}");
             }
         }
     }

@@ -39,13 +39,20 @@ pub async fn run(config: &Path, args: SyncArgs) -> CmdResult {
             );
         }
     }
-    let failed: Vec<_> = reports.iter().filter(|r| r.outcome != "succeeded").collect();
+    let failed: Vec<_> = reports
+        .iter()
+        .filter(|r| r.outcome != "succeeded")
+        .collect();
     if failed.is_empty() {
         Ok(())
     } else {
         let msgs: Vec<String> = failed
             .iter()
-            .map(|r| r.error.clone().unwrap_or_else(|| format!("stream {} {}", r.stream, r.outcome)))
+            .map(|r| {
+                r.error
+                    .clone()
+                    .unwrap_or_else(|| format!("stream {} {}", r.stream, r.outcome))
+            })
             .collect();
         Err(anyhow::anyhow!(
             "{} of {} stream(s) did not finish; the cursor stays at the last committed row:\n  {}",

@@ -29,7 +29,10 @@ pub enum ConfigError {
     #[error("config file {path} is not valid TOML: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path} has {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid { path: PathBuf, problems: Vec<String> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -63,6 +66,7 @@ struct RawSource {
 #[serde(deny_unknown_fields)]
 struct RawLake {
     url: Option<String>,
+    part_size_mib: Option<u64>,
     #[serde(default)]
     options: BTreeMap<String, String>,
 }
@@ -119,6 +123,8 @@ pub struct SourceConfig {
 pub struct LakeConfig {
     pub url: String,
     pub options: Vec<(String, String)>,
+    /// Multipart part size; files up to this size are written with one conditional put.
+    pub part_size: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -154,7 +160,10 @@ impl fmt::Display for StreamConfig {
 
 /// Record types whose records carry no change timestamp: they can only be walked by `id`.
 pub fn is_append_only(record_type: &str) -> bool {
-    matches!(record_type, "message" | "comment" | "activity_log" | "notification")
+    matches!(
+        record_type,
+        "message" | "comment" | "activity_log" | "notification"
+    )
 }
 
 /// The record key that holds the change timestamp for a Cerb record type.
@@ -284,7 +293,9 @@ pub fn filter_problems(filter: &str) -> Vec<String> {
         }
     }
     if depth != 0 || in_quote {
-        out.push("has unbalanced parentheses or quotes (Cerb answers such a query with 0 rows)".into());
+        out.push(
+            "has unbalanced parentheses or quotes (Cerb answers such a query with 0 rows)".into(),
+        );
     }
     let unquoted: String = {
         let mut s = String::new();
@@ -341,7 +352,9 @@ fn secs(v: f64, key: &str, problems: &mut Vec<String>) -> Duration {
     if v.is_finite() && v >= 0.0 {
         Duration::from_secs_f64(v)
     } else {
-        problems.push(format!("{key}: must be a non-negative number of seconds, got {v}"));
+        problems.push(format!(
+            "{key}: must be a non-negative number of seconds, got {v}"
+        ));
         Duration::ZERO
     }
 }
@@ -371,7 +384,10 @@ fn validate(
             }
             let url = match s.url {
                 None => {
-                    problems.push("source.url: missing (the Cerb base URL, e.g. https://cerb.example.com)".into());
+                    problems.push(
+                        "source.url: missing (the Cerb base URL, e.g. https://cerb.example.com)"
+                            .into(),
+                    );
                     String::new()
                 }
                 Some(u) => {
@@ -379,12 +395,16 @@ fn validate(
                     match url::Url::parse(&u) {
                         Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
                             if !parsed.username().is_empty() || parsed.password().is_some() {
-                                problems.push("source.url: must not contain credentials; use `token`".into());
+                                problems.push(
+                                    "source.url: must not contain credentials; use `token`".into(),
+                                );
                             }
                             u.trim_end_matches('/').to_string()
                         }
                         Ok(_) => {
-                            problems.push(format!("source.url: {u:?} must be an http:// or https:// URL"));
+                            problems.push(format!(
+                                "source.url: {u:?} must be an http:// or https:// URL"
+                            ));
                             u
                         }
                         Err(e) => {
@@ -409,7 +429,10 @@ fn validate(
                         );
                     }
                     let v = expand_env(&t, "source.token", env, problems);
-                    if v.is_empty() && t.contains("${") && !problems.iter().any(|p| p.starts_with("source.token")) {
+                    if v.is_empty()
+                        && t.contains("${")
+                        && !problems.iter().any(|p| p.starts_with("source.token"))
+                    {
                         problems.push("source.token: the referenced variable is empty".into());
                     }
                     v
@@ -418,12 +441,22 @@ fn validate(
             SourceConfig {
                 url,
                 token: Secret::new(token),
-                timeout: secs(s.timeout_secs.unwrap_or(30.0), "source.timeout_secs", problems),
+                timeout: secs(
+                    s.timeout_secs.unwrap_or(30.0),
+                    "source.timeout_secs",
+                    problems,
+                ),
                 max_retries: s.max_retries.unwrap_or(5),
             }
         }
     };
 
+    let part_size_mib = raw.lake.part_size_mib.unwrap_or(10);
+    if !(5..=5 * 1024).contains(&part_size_mib) {
+        problems.push(format!(
+            "lake.part_size_mib: {part_size_mib} is outside 5..=5120 (S3 needs parts of at least 5 MiB)"
+        ));
+    }
     let lake_url = raw.lake.url.unwrap_or_else(|| "file://./lake".into());
     let lake_url = expand_env(&lake_url, "lake.url", env, problems);
     let lake = LakeConfig {
@@ -438,9 +471,13 @@ fn validate(
                 (k, v)
             })
             .collect(),
+        part_size: (part_size_mib.clamp(5, 5 * 1024) as usize) * 1024 * 1024,
     };
 
-    let wh_path = raw.warehouse.path.unwrap_or_else(|| "warehouse.duckdb".into());
+    let wh_path = raw
+        .warehouse
+        .path
+        .unwrap_or_else(|| "warehouse.duckdb".into());
     let wh_path = expand_env(&wh_path, "warehouse.path", env, problems);
     let wh_path = PathBuf::from(wh_path);
     let warehouse = WarehouseConfig {
@@ -471,7 +508,8 @@ fn validate(
 
     if raw.streams.is_empty() {
         problems.push(
-            "no [[streams]]: add at least one, e.g. name = \"tickets\", record_type = \"ticket\"".into(),
+            "no [[streams]]: add at least one, e.g. name = \"tickets\", record_type = \"ticket\""
+                .into(),
         );
     }
     let mut streams = Vec::new();
@@ -490,7 +528,11 @@ fn validate(
         } else if !seen.insert(name.clone()) {
             problems.push(format!("{at}.name: {name:?} is used by two streams"));
         }
-        let at = if name.is_empty() { at } else { format!("streams.{name}") };
+        let at = if name.is_empty() {
+            at
+        } else {
+            format!("streams.{name}")
+        };
         let record_type = s.record_type.unwrap_or_default();
         if record_type.is_empty() {
             problems.push(format!("{at}.record_type: missing (e.g. \"ticket\")"));
@@ -498,7 +540,9 @@ fn validate(
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
         {
-            problems.push(format!("{at}.record_type: {record_type:?} is not a Cerb record type"));
+            problems.push(format!(
+                "{at}.record_type: {record_type:?} is not a Cerb record type"
+            ));
         }
         let default_mode = if is_append_only(&record_type) {
             CursorMode::Id
@@ -528,8 +572,12 @@ fn validate(
             problems.push(format!("{at}.filter: {p}"));
         }
         let lag = s.lag_secs.unwrap_or(5);
-        if lag < 0 {
-            problems.push(format!("{at}.lag_secs: must be >= 0"));
+        // With no lag the window would end at the current second, which can still receive
+        // writes: a row written later in that second would be behind the cursor.
+        if lag < 1 {
+            problems.push(format!(
+                "{at}.lag_secs: must be at least 1 (the current second can still receive writes)"
+            ));
         }
         let page_size = s.page_size.unwrap_or(500);
         if !(1..=500).contains(&page_size) {
@@ -546,7 +594,7 @@ fn validate(
             cursor,
             cursor_field,
             filter,
-            lag: lag.max(0),
+            lag: lag.max(1),
             page_size: page_size.clamp(1, 500),
         });
     }

@@ -102,3 +102,44 @@ fn contact_cursor_field_defaults_to_updated_at() {
     let cfg = parse(text, &env(&[("T", "x")])).unwrap();
     assert_eq!(cfg.streams[0].cursor_field, "updated_at");
 }
+
+#[test]
+fn lake_part_size_and_lag_are_bounded() {
+    let text = r#"
+[source]
+url = "http://127.0.0.1:1"
+token = "${T}"
+[lake]
+url = "s3://b/p"
+part_size_mib = 2
+[[streams]]
+name = "tickets"
+record_type = "ticket"
+lag_secs = 0
+"#;
+    let p = problems(text, &env(&[("T", "x")]));
+    assert!(
+        p.iter().any(|m| m.starts_with("lake.part_size_mib")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter().any(|m| m.contains("lag_secs: must be at least 1")),
+        "{p:?}"
+    );
+    let ok = parse(
+        &text
+            .replace("part_size_mib = 2", "part_size_mib = 64")
+            .replace("lag_secs = 0", "lag_secs = 1"),
+        &env(&[("T", "x")]),
+    )
+    .unwrap();
+    assert_eq!(ok.lake.part_size, 64 * 1024 * 1024);
+    let default = parse(
+        &text
+            .replace("part_size_mib = 2\n", "")
+            .replace("lag_secs = 0", ""),
+        &env(&[("T", "x")]),
+    )
+    .unwrap();
+    assert_eq!(default.lake.part_size, 10 * 1024 * 1024);
+}

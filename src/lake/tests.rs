@@ -323,9 +323,17 @@ async fn large_file_goes_multipart_in_bounded_parts_and_reads_back() {
             .unwrap();
         assert_eq!(written.rows, 1_200_000);
         let parts = faulty.parts.load(Ordering::SeqCst);
-        assert!(parts >= 3, "{}: expected a multipart upload, got {parts} parts", lake.url());
+        assert!(
+            parts >= 3,
+            "{}: expected a multipart upload, got {parts} parts",
+            lake.url()
+        );
         // Each part is one part size (the last may be smaller): the writer never holds the file.
-        assert!(faulty.max_part.load(Ordering::SeqCst) <= PART, "{}", lake.url());
+        assert!(
+            faulty.max_part.load(Ordering::SeqCst) <= PART,
+            "{}",
+            lake.url()
+        );
         let listed = lake.list("big").await.unwrap();
         assert_eq!(listed.len(), 1, "{}", lake.url());
         assert_eq!(listed[0].size, written.bytes, "{}", lake.url());
@@ -337,9 +345,16 @@ async fn large_file_goes_multipart_in_bounded_parts_and_reads_back() {
         assert_eq!(ids, (0..1_200_000).collect::<Vec<i64>>(), "{}", lake.url());
         let data = lake.get("big/x.parquet").await.unwrap();
         let builder = ParquetRecordBatchReaderBuilder::try_new(data).unwrap();
-        assert!(builder.metadata().num_row_groups() >= 18, "row groups of ≤ 64k rows");
+        assert!(
+            builder.metadata().num_row_groups() >= 18,
+            "row groups of ≤ 64k rows"
+        );
     }
-    assert!(b.s3.pending_parts().is_empty(), "{:?}", b.s3.pending_parts());
+    assert!(
+        b.s3.pending_parts().is_empty(),
+        "{:?}",
+        b.s3.pending_parts()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,7 +370,11 @@ async fn a_failed_part_leaves_no_object_and_aborts_the_upload() {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("injected failure"), "{err}");
-        assert!(faulty.aborted.load(Ordering::SeqCst), "{}: upload not aborted", lake.url());
+        assert!(
+            faulty.aborted.load(Ordering::SeqCst),
+            "{}: upload not aborted",
+            lake.url()
+        );
         assert!(!lake.exists("f/x.parquet").await.unwrap(), "{}", lake.url());
         assert!(lake.list("f").await.unwrap().is_empty(), "{}", lake.url());
         // The same key can be written afterwards: nothing half-written blocks it.
@@ -373,7 +392,11 @@ async fn a_failed_part_leaves_no_object_and_aborts_the_upload() {
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .collect();
     assert_eq!(leftovers, vec!["x.parquet".to_string()]);
-    assert!(b.s3.pending_parts().is_empty(), "{:?}", b.s3.pending_parts());
+    assert!(
+        b.s3.pending_parts().is_empty(),
+        "{:?}",
+        b.s3.pending_parts()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,11 +413,25 @@ async fn a_part_rejected_by_the_s3_server_aborts_the_upload() {
         .await
         .unwrap_err();
     assert!(b.s3.parts_seen() >= 2, "the upload reached the second part");
-    assert!(matches!(err, LakeError::PermissionDenied { .. } | LakeError::Storage { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            LakeError::PermissionDenied { .. } | LakeError::Storage { .. }
+        ),
+        "{err}"
+    );
     b.s3.fail_part(0);
     assert!(!lake.exists("g/x.parquet").await.unwrap());
-    assert!(b.s3.objects("lake").is_empty(), "{:?}", b.s3.objects("lake"));
-    assert!(b.s3.pending_parts().is_empty(), "{:?}", b.s3.pending_parts());
+    assert!(
+        b.s3.objects("lake").is_empty(),
+        "{:?}",
+        b.s3.objects("lake")
+    );
+    assert!(
+        b.s3.pending_parts().is_empty(),
+        "{:?}",
+        b.s3.pending_parts()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,9 +453,25 @@ async fn sweep_deletes_only_unreferenced_old_data_files() {
         assert!(lake.sweep("s", &keep, long_ago).await.unwrap().is_empty());
         let soon = chrono::Utc::now() + chrono::Duration::seconds(5);
         let deleted = lake.sweep("s", &keep, soon).await.unwrap();
-        assert_eq!(deleted, vec!["s/d=1/a.parquet", "s/d=2/c.parquet"], "{}", lake.url());
-        let left: Vec<String> = lake.list("s").await.unwrap().into_iter().map(|o| o.key).collect();
-        assert_eq!(left, vec!["s/_manifests/r.json", "s/d=1/b.parquet"], "{}", lake.url());
+        assert_eq!(
+            deleted,
+            vec!["s/d=1/a.parquet", "s/d=2/c.parquet"],
+            "{}",
+            lake.url()
+        );
+        let left: Vec<String> = lake
+            .list("s")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(
+            left,
+            vec!["s/_manifests/r.json", "s/d=1/b.parquet"],
+            "{}",
+            lake.url()
+        );
         // A sweep repeated finds nothing more.
         assert!(lake.sweep("s", &keep, soon).await.unwrap().is_empty());
     }

@@ -2,7 +2,8 @@
 //!
 //! Scripted faults ([`super::Sim::push_fault`]) are served first, in order. Otherwise a seeded
 //! random draw against the fault rate picks one of the *transient* faults (429 in every
-//! `Retry-After` form, 500/502/503, maintenance, stall, truncated body, reset, query timeout).
+//! `Retry-After` form, 500/502/503, stall, truncated body, reset, query timeout). Maintenance
+//! (a 302 then 503 pages) is scripted only.
 //! Non-transient faults (`__status:"error"`, 401) are only ever scripted.
 
 use rand::Rng;

@@ -241,8 +241,13 @@ mod tests {
 
     #[test]
     fn rejects_rows_at_or_below_cursor() {
-        let e = validate_page(&walk(), 3, Cursor::new(10, 5), objs(json!([{"id": 5, "updated": 10}])))
-            .unwrap_err();
+        let e = validate_page(
+            &walk(),
+            3,
+            Cursor::new(10, 5),
+            objs(json!([{"id": 5, "updated": 10}])),
+        )
+        .unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("stream tickets, page 3"), "{msg}");
         assert!(msg.contains("not after the cursor"), "{msg}");
@@ -259,17 +264,28 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("not strictly increasing"), "{e}");
-        let e = validate_page(&walk(), 1, Cursor::new(10, 5), objs(json!([{"id": 8, "updated": 101}])))
-            .unwrap_err();
+        let e = validate_page(
+            &walk(),
+            1,
+            Cursor::new(10, 5),
+            objs(json!([{"id": 8, "updated": 101}])),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("past the window end"), "{e}");
     }
 
     #[test]
     fn rejects_missing_or_bad_ids() {
-        let e = validate_page(&walk(), 1, Cursor::START, objs(json!([{"updated": 12}]))).unwrap_err();
+        let e =
+            validate_page(&walk(), 1, Cursor::START, objs(json!([{"updated": 12}]))).unwrap_err();
         assert!(e.to_string().contains("no `id`"), "{e}");
-        let e = validate_page(&walk(), 1, Cursor::START, objs(json!([{"id": "x1", "updated": 12}])))
-            .unwrap_err();
+        let e = validate_page(
+            &walk(),
+            1,
+            Cursor::START,
+            objs(json!([{"id": "x1", "updated": 12}])),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("not an integer"), "{e}");
     }
 

@@ -67,8 +67,12 @@ impl Warehouse {
                 return Err(e);
             }
         };
-        conn.execute_batch("COMMIT")
-            .map_err(|e| self.db_err(&format!("commit checkpoint {} of run {}", cp.seq, cp.run_id), e))?;
+        conn.execute_batch("COMMIT").map_err(|e| {
+            self.db_err(
+                &format!("commit checkpoint {} of run {}", cp.seq, cp.run_id),
+                e,
+            )
+        })?;
         // The analyst view follows the table's columns; it is derived data, so a failure here is
         // reported and never undoes the commit.
         if !cp.schema_changes.is_empty() || !view_exists(&conn, cp.stream).unwrap_or(false) {
@@ -82,7 +86,15 @@ impl Warehouse {
     fn merge(&self, c: &Connection, cp: &Checkpoint<'_>) -> Result<CommitStats> {
         let err = |what: &str| {
             let what = what.to_string();
-            move |e: duckdb::Error| self.db_err(&format!("{what} ({} run {} checkpoint {})", cp.stream, cp.run_id, cp.seq), e)
+            move |e: duckdb::Error| {
+                self.db_err(
+                    &format!(
+                        "{what} ({} run {} checkpoint {})",
+                        cp.stream, cp.run_id, cp.seq
+                    ),
+                    e,
+                )
+            }
         };
         let table = quote_ident(cp.stream);
         apply_schema(c, cp.stream, cp.schema).map_err(err("bring the table schema up to date"))?;
@@ -94,7 +106,10 @@ impl Warehouse {
             if cp.batches.iter().any(|b| b.schema() != arrow_schema) {
                 return Err(WarehouseError::Invalid {
                     path: self.path().display().to_string(),
-                    message: format!("checkpoint {} of run {}: batches differ in schema", cp.seq, cp.run_id),
+                    message: format!(
+                        "checkpoint {} of run {}: batches differ in schema",
+                        cp.seq, cp.run_id
+                    ),
                 });
             }
             let mut cols = Vec::new();
@@ -102,17 +117,27 @@ impl Warehouse {
             for f in arrow_schema.fields() {
                 let ty = stage_type(f.data_type()).ok_or_else(|| WarehouseError::Invalid {
                     path: self.path().display().to_string(),
-                    message: format!("column {} has Arrow type {} the warehouse does not take", f.name(), f.data_type()),
+                    message: format!(
+                        "column {} has Arrow type {} the warehouse does not take",
+                        f.name(),
+                        f.data_type()
+                    ),
                 })?;
                 cols.push(quote_ident(f.name()));
                 defs.push(format!("{} {ty}", quote_ident(f.name())));
             }
-            c.execute_batch(&format!("CREATE OR REPLACE TEMP TABLE {STAGE} ({})", defs.join(", ")))
-                .map_err(err("create the staging table"))?;
+            c.execute_batch(&format!(
+                "CREATE OR REPLACE TEMP TABLE {STAGE} ({})",
+                defs.join(", ")
+            ))
+            .map_err(err("create the staging table"))?;
             {
-                let mut app = c.appender_to_catalog_and_db(STAGE, "temp", "main").map_err(err("open the staging appender"))?;
+                let mut app = c
+                    .appender_to_catalog_and_db(STAGE, "temp", "main")
+                    .map_err(err("open the staging appender"))?;
                 for b in cp.batches {
-                    app.append_record_batch(b.clone()).map_err(err("stage rows"))?;
+                    app.append_record_batch(b.clone())
+                        .map_err(err("stage rows"))?;
                 }
                 app.flush().map_err(err("stage rows"))?;
             }
@@ -129,7 +154,11 @@ impl Warehouse {
                     )
                     .map_err(err("mark deleted rows"))? as u64;
             }
-            let live = if has_op { "WHERE _hw_op <> 'delete'" } else { "" };
+            let live = if has_op {
+                "WHERE _hw_op <> 'delete'"
+            } else {
+                ""
+            };
             c.execute(
                 &format!("DELETE FROM {table} WHERE id IN (SELECT id FROM {STAGE} {live})"),
                 [],
@@ -169,7 +198,8 @@ impl Warehouse {
             )
             .map_err(err("record schema changes"))?;
         }
-        let schema_json = serde_json::to_string(cp.schema).unwrap_or_else(|_| "{\"columns\":[]}".into());
+        let schema_json =
+            serde_json::to_string(cp.schema).unwrap_or_else(|_| "{\"columns\":[]}".into());
         let bump = i32::from(!cp.schema_changes.is_empty());
         c.execute(
             "UPDATE highwater.streams SET schema_json = ?, schema_version = schema_version + ?, updated_at = now() WHERE name = ?",
@@ -223,7 +253,11 @@ impl Warehouse {
 }
 
 /// Create the stream's table, or add and widen columns to match `schema`.
-pub(crate) fn apply_schema(c: &Connection, stream: &str, schema: &TableSchema) -> duckdb::Result<()> {
+pub(crate) fn apply_schema(
+    c: &Connection,
+    stream: &str,
+    schema: &TableSchema,
+) -> duckdb::Result<()> {
     let table = quote_ident(stream);
     if !table_exists(c, stream)? {
         let mut defs: Vec<String> = schema
@@ -256,10 +290,32 @@ pub(crate) fn apply_schema(c: &Connection, stream: &str, schema: &TableSchema) -
             ))?,
             // Only ever widen: a schema that is behind the table (re-derived state, an older
             // run's view of it) must never narrow a column and lose what it holds.
-            Some((_, have)) if widens(have, want) => c.execute_batch(&format!(
-                "ALTER TABLE {table} ALTER COLUMN {} SET DATA TYPE {want}",
-                quote_ident(&col.name)
-            ))?,
+            Some((_, have)) if widens(have, want) => {
+                let name = quote_ident(&col.name);
+                // A double holds integers exactly only up to 2^53: a column holding larger ones
+                // becomes text instead, so no stored value is rounded.
+                let want = if have == "BIGINT" && want == "DOUBLE" {
+                    let big: i64 = c.query_row(
+                        &format!(
+                            "SELECT count(*) FROM {table} WHERE abs({name}) > 9007199254740992"
+                        ),
+                        [],
+                        |r| r.get(0),
+                    )?;
+                    if big > 0 {
+                        tracing::warn!(stream, column = %col.name, rows = big,
+                            "integers beyond 2^53 cannot widen to DOUBLE exactly; the column becomes VARCHAR");
+                        "VARCHAR"
+                    } else {
+                        want
+                    }
+                } else {
+                    want
+                };
+                c.execute_batch(&format!(
+                    "ALTER TABLE {table} ALTER COLUMN {name} SET DATA TYPE {want}"
+                ))?
+            }
             Some(_) => {}
         }
     }
@@ -337,15 +393,42 @@ pub(crate) fn refresh_view(c: &Connection, stream: &str, record_type: &str) -> d
         Ok(()) => Ok(()),
         Err(e) => {
             tracing::warn!(stream, error = %e, "typed analyst view failed; using the default view");
-            c.execute_batch(&render_view(include_str!("../../sql/views/default.sql"), stream, &columns))
+            c.execute_batch(&render_view(
+                include_str!("../../sql/views/default.sql"),
+                stream,
+                &columns,
+            ))
         }
     }
 }
 
 const SQL_WORDS: &[&str] = &[
-    "as", "and", "or", "not", "is", "null", "distinct", "from", "cast", "try_cast", "nullif",
-    "to_timestamp", "double", "bigint", "varchar", "boolean", "true", "false", "case", "when",
-    "then", "else", "end", "where", "in", "coalesce",
+    "as",
+    "and",
+    "or",
+    "not",
+    "is",
+    "null",
+    "distinct",
+    "from",
+    "cast",
+    "try_cast",
+    "nullif",
+    "to_timestamp",
+    "double",
+    "bigint",
+    "varchar",
+    "boolean",
+    "true",
+    "false",
+    "case",
+    "when",
+    "then",
+    "else",
+    "end",
+    "where",
+    "in",
+    "coalesce",
 ];
 
 /// Source columns a template line names: identifiers that are not SQL words, not function names
@@ -404,7 +487,11 @@ fn render_view(tpl: &str, stream: &str, columns: &std::collections::HashSet<Stri
         if upper.starts_with("FROM") {
             in_select = false;
             // The last kept select line must not end with a comma.
-            if let Some(last) = kept.iter_mut().rev().find(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--")) {
+            if let Some(last) = kept
+                .iter_mut()
+                .rev()
+                .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))
+            {
                 let code_end = last.trim_end();
                 if let Some(stripped) = code_end.strip_suffix(',') {
                     *last = stripped.to_string();
@@ -413,8 +500,9 @@ fn render_view(tpl: &str, stream: &str, columns: &std::collections::HashSet<Stri
             kept.push(line.to_string());
             continue;
         }
-        let conditional = (in_select && !t.is_empty() && !t.starts_with("--") && !t.starts_with('*'))
-            || upper.starts_with("AND ");
+        let conditional =
+            (in_select && !t.is_empty() && !t.starts_with("--") && !t.starts_with('*'))
+                || upper.starts_with("AND ");
         if conditional && line_columns(line).iter().any(|c| !columns.contains(c)) {
             continue;
         }
@@ -431,14 +519,34 @@ mod view_tests {
 
     #[test]
     fn template_lines_naming_missing_columns_are_left_out() {
-        let cols: std::collections::HashSet<String> =
-            ["id", "updated", "status_id", "_hw_synced_at", "_hw_deleted_at"].iter().map(|s| s.to_string()).collect();
+        let cols: std::collections::HashSet<String> = [
+            "id",
+            "updated",
+            "status_id",
+            "_hw_synced_at",
+            "_hw_deleted_at",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let sql = render_view(view_template("ticket"), "tickets", &cols);
-        assert!(sql.contains("to_timestamp(NULLIF(updated, 0)) AS updated_at"), "{sql}");
+        assert!(
+            sql.contains("to_timestamp(NULLIF(updated, 0)) AS updated_at"),
+            "{sql}"
+        );
         assert!(!sql.contains("mask"), "{sql}");
         assert!(sql.contains("status_id IS DISTINCT FROM 3"), "{sql}");
-        assert!(!sql.contains("synced_at,\nFROM") && sql.contains("AS synced_at\nFROM"), "{sql}");
-        assert_eq!(line_columns("    to_timestamp(NULLIF(closed_at, 0)) AS closed_at,"), vec!["closed_at"]);
-        assert_eq!(line_columns("  AND status_id IS DISTINCT FROM 3;"), vec!["status_id"]);
+        assert!(
+            !sql.contains("synced_at,\nFROM") && sql.contains("AS synced_at\nFROM"),
+            "{sql}"
+        );
+        assert_eq!(
+            line_columns("    to_timestamp(NULLIF(closed_at, 0)) AS closed_at,"),
+            vec!["closed_at"]
+        );
+        assert_eq!(
+            line_columns("  AND status_id IS DISTINCT FROM 3;"),
+            vec!["status_id"]
+        );
     }
 }

@@ -229,7 +229,8 @@ impl Warehouse {
             .map_err(|e| self.db_err(context, e))?;
         match f(&conn) {
             Ok(v) => {
-                conn.execute_batch("COMMIT").map_err(|e| self.db_err(context, e))?;
+                conn.execute_batch("COMMIT")
+                    .map_err(|e| self.db_err(context, e))?;
                 Ok(v)
             }
             Err(e) => {
@@ -249,7 +250,13 @@ fn lock_holder(msg: &str) -> Option<String> {
     let holder = msg
         .split("Conflicting lock is held in ")
         .nth(1)
-        .map(|rest| rest.split(". See also").next().unwrap_or(rest).trim().to_string())
+        .map(|rest| {
+            rest.split(". See also")
+                .next()
+                .unwrap_or(rest)
+                .trim()
+                .to_string()
+        })
         .unwrap_or_else(|| "a process DuckDB did not name".into());
     Some(holder)
 }
@@ -261,7 +268,10 @@ mod lock_msg_tests {
     #[test]
     fn names_the_holder_from_duckdbs_message() {
         let m = "IO Error: Could not set lock on file \"/tmp/w.duckdb\": Conflicting lock is held in /usr/bin/duckdb (PID 4242) by user ann. See also https://example.invalid/concurrency";
-        assert_eq!(lock_holder(m).unwrap(), "/usr/bin/duckdb (PID 4242) by user ann");
+        assert_eq!(
+            lock_holder(m).unwrap(),
+            "/usr/bin/duckdb (PID 4242) by user ann"
+        );
         assert!(lock_holder("Catalog Error: Table x does not exist").is_none());
     }
 }

@@ -22,7 +22,10 @@ pub enum OutputFormat {
 impl Warehouse {
     /// Run one SQL statement and return its result as Arrow batches (with the schema, for empty
     /// results).
-    pub fn query_arrow(&self, sql: &str) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
+    pub fn query_arrow(
+        &self,
+        sql: &str,
+    ) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
         self.with_conn("query", |c| -> duckdb::Result<_> {
             let mut stmt = c.prepare(sql)?;
             let arrow = stmt.query_arrow([])?;
@@ -48,7 +51,11 @@ impl Warehouse {
             }
             OutputFormat::Csv => {
                 let mut out = String::new();
-                let header: Vec<String> = schema.fields().iter().map(|f| csv_field(f.name())).collect();
+                let header: Vec<String> = schema
+                    .fields()
+                    .iter()
+                    .map(|f| csv_field(f.name()))
+                    .collect();
                 out.push_str(&header.join(","));
                 out.push('\n');
                 let opts = FormatOptions::default().with_null("");
@@ -63,7 +70,13 @@ impl Warehouse {
                         let cells: Vec<String> = fmts
                             .iter()
                             .zip(b.columns())
-                            .map(|(f, a)| if a.is_null(row) { String::new() } else { csv_field(&f.value(row).to_string()) })
+                            .map(|(f, a)| {
+                                if a.is_null(row) {
+                                    String::new()
+                                } else {
+                                    csv_field(&f.value(row).to_string())
+                                }
+                            })
                             .collect();
                         out.push_str(&cells.join(","));
                         out.push('\n');
@@ -110,7 +123,9 @@ fn rows_of(batches: &[RecordBatch]) -> Vec<Vec<Value>> {
 }
 
 fn num(v: f64) -> Value {
-    serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null)
+    serde_json::Number::from_f64(v)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
 }
 
 /// One Arrow column as JSON values: integers, floats, booleans and strings as themselves,
@@ -120,7 +135,13 @@ fn json_values(a: &ArrayRef) -> Vec<Value> {
         ($ty:ty, $f:expr) => {{
             let arr = a.as_any().downcast_ref::<$ty>().expect("type checked");
             (0..arr.len())
-                .map(|i| if arr.is_null(i) { Value::Null } else { $f(arr.value(i)) })
+                .map(|i| {
+                    if arr.is_null(i) {
+                        Value::Null
+                    } else {
+                        $f(arr.value(i))
+                    }
+                })
                 .collect()
         }};
     }
@@ -144,7 +165,9 @@ fn json_values(a: &ArrayRef) -> Vec<Value> {
             let scale = *scale;
             each!(Decimal128Array, |v: i128| {
                 if scale == 0 {
-                    i64::try_from(v).map(Value::from).unwrap_or_else(|_| Value::from(v.to_string()))
+                    i64::try_from(v)
+                        .map(Value::from)
+                        .unwrap_or_else(|_| Value::from(v.to_string()))
                 } else {
                     num(v as f64 / 10f64.powi(scale as i32))
                 }
@@ -155,14 +178,26 @@ fn json_values(a: &ArrayRef) -> Vec<Value> {
             let values = json_values(d.values());
             let keys = d.normalized_keys();
             (0..a.len())
-                .map(|i| if a.is_null(i) { Value::Null } else { values[keys[i]].clone() })
+                .map(|i| {
+                    if a.is_null(i) {
+                        Value::Null
+                    } else {
+                        values[keys[i]].clone()
+                    }
+                })
                 .collect()
         }
         _ => {
             let opts = FormatOptions::default();
             match ArrayFormatter::try_new(a.as_ref(), &opts) {
                 Ok(f) => (0..a.len())
-                    .map(|i| if a.is_null(i) { Value::Null } else { Value::from(f.value(i).to_string()) })
+                    .map(|i| {
+                        if a.is_null(i) {
+                            Value::Null
+                        } else {
+                            Value::from(f.value(i).to_string())
+                        }
+                    })
                     .collect(),
                 Err(_) => vec![Value::Null; a.len()],
             }

@@ -180,7 +180,12 @@ fn mode_str(m: CursorMode) -> &'static str {
 impl Warehouse {
     /// The cursor and schema a stream starts from. Refuses a stream whose cursor mode or field
     /// changed since it was first loaded: its saved cursor would mean something else.
-    pub fn stream_state(&self, stream: &str, mode: CursorMode, cursor_field: &str) -> Result<StreamState> {
+    pub fn stream_state(
+        &self,
+        stream: &str,
+        mode: CursorMode,
+        cursor_field: &str,
+    ) -> Result<StreamState> {
         let row = self.with_conn("read stream state", |c| {
             c.query_row(
                 "SELECT cursor_mode, cursor_field, cursor_updated, cursor_id, schema_json, schema_version \
@@ -212,10 +217,11 @@ impl Warehouse {
                 ),
             });
         }
-        let schema: TableSchema = serde_json::from_str(&schema_json).map_err(|e| WarehouseError::Invalid {
-            path: self.path().display().to_string(),
-            message: format!("highwater.streams.schema_json of {stream} is not readable: {e}"),
-        })?;
+        let schema: TableSchema =
+            serde_json::from_str(&schema_json).map_err(|e| WarehouseError::Invalid {
+                path: self.path().display().to_string(),
+                message: format!("highwater.streams.schema_json of {stream} is not readable: {e}"),
+            })?;
         let cursor = match (cu, ci) {
             (Some(u), Some(i)) => Some(Cursor::new(u, i)),
             _ => self.derive_state(stream, mode, cursor_field)?.cursor,
@@ -231,8 +237,13 @@ impl Warehouse {
     /// the cursor is re-derived from the committed rows — the greatest `(cursor_field, id)` — and
     /// the schema from the table's columns, instead of silently starting from zero. Rows of that
     /// last second are read again and merged, which is harmless.
-    fn derive_state(&self, stream: &str, mode: CursorMode, cursor_field: &str) -> Result<StreamState> {
-        self.with_conn("re-derive stream state from the table", |c| {
+    fn derive_state(
+        &self,
+        stream: &str,
+        mode: CursorMode,
+        cursor_field: &str,
+    ) -> Result<StreamState> {
+        self.with_conn("re-derive stream state from the table", |c| -> duckdb::Result<StreamState> {
             if !table_exists(c, stream)? {
                 return Ok(StreamState::default());
             }
@@ -419,7 +430,14 @@ impl Warehouse {
     }
 
     /// Keep a source record that could not be loaded.
-    pub fn record_reject(&self, stream: &str, run_id: &str, record_id: Option<&str>, raw: &str, reason: &str) -> Result<()> {
+    pub fn record_reject(
+        &self,
+        stream: &str,
+        run_id: &str,
+        record_id: Option<&str>,
+        raw: &str,
+        reason: &str,
+    ) -> Result<()> {
         self.with_conn("record a rejected record", |c| {
             c.execute(
                 "INSERT INTO highwater.rejects VALUES (?, ?, ?, ?, ?, now())",

@@ -1,7 +1,9 @@
 //! One integration-test binary; each module is one area.
 
 mod cli;
+mod lake_s3;
 mod reconcile;
+mod s3;
 mod sim;
 mod sync;
 mod util;

@@ -10,13 +10,20 @@ const T0: i64 = 1_800_000_000;
 
 async fn reconcile(env: &TestEnv, opts: ReconcileOptions) -> ReconcileReport {
     let p = env.pipeline();
-    highwater::reconcile::run(&p, None, &opts).await.unwrap().remove(0)
+    highwater::reconcile::run(&p, None, &opts)
+        .await
+        .unwrap()
+        .remove(0)
 }
 
 async fn loaded(n: i64) -> TestEnv {
     let env = TestEnv::new(Opts::default()).await;
     for id in 1..=n {
-        env.sim.insert_raw("ticket", ticket(id, T0 - 1000 + id, json!({"num_messages": 1})));
+        // Every row is older than the sync's window end (T0 - lag), so all of them load.
+        env.sim.insert_raw(
+            "ticket",
+            ticket(id, T0 - 100 - n + id, json!({"num_messages": 1})),
+        );
     }
     env.sync_ok().await;
     env
@@ -32,8 +39,20 @@ fn live_ids(env: &TestEnv) -> Vec<i64> {
 async fn lake_ops(env: &TestEnv, op: &str) -> Vec<i64> {
     let mut ids = Vec::new();
     for b in env.lake_batches("tickets").await {
-        let id = b.column_by_name("id").unwrap().as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().clone();
-        let ops = b.column_by_name("_hw_op").unwrap().as_any().downcast_ref::<arrow::array::StringArray>().unwrap().clone();
+        let id = b
+            .column_by_name("id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap()
+            .clone();
+        let ops = b
+            .column_by_name("_hw_op")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap()
+            .clone();
         for i in 0..b.num_rows() {
             if ops.value(i) == op {
                 ids.push(id.value(i));
@@ -47,23 +66,52 @@ async fn lake_ops(env: &TestEnv, op: &str) -> Vec<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purged_rows_are_marked_deleted() {
     let env = loaded(20).await;
+    let synced = env.cursor("tickets");
+    assert!(synced.is_some());
     for id in [3, 7, 15] {
         assert!(env.sim.purge("ticket", id));
     }
-    let r = reconcile(&env, ReconcileOptions { max_delete_fraction: 0.2, ..Default::default() }).await;
+    let r = reconcile(
+        &env,
+        ReconcileOptions {
+            max_delete_fraction: 0.2,
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(r.outcome, "succeeded", "{r:?}");
-    assert_eq!((r.scanned, r.deleted, r.repaired, r.undeleted), (17, 3, 0, 0));
+    assert_eq!(
+        (r.scanned, r.deleted, r.repaired, r.undeleted),
+        (17, 3, 0, 0)
+    );
     assert_eq!(r.sample_deleted, vec![3, 7, 15]);
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tickets WHERE _hw_deleted_at IS NOT NULL"), 3);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM tickets WHERE _hw_deleted_at IS NOT NULL"),
+        3
+    );
     assert_eq!(lake_ops(&env, "delete").await, vec![3, 7, 15]);
     assert_eq!(env.scalar_i64("SELECT count(*) FROM analytics.tickets"), 17);
-    let run = env.rows("SELECT kind, outcome, scanned, deleted FROM highwater.runs WHERE kind = 'reconcile'");
-    assert_eq!(run, vec![vec![json!("reconcile"), json!("succeeded"), json!(17), json!(3)]]);
-    // A sync afterwards keeps its cursor and changes nothing.
+    let run = env.rows(
+        "SELECT kind, outcome, scanned, deleted FROM highwater.runs WHERE kind = 'reconcile'",
+    );
+    assert_eq!(
+        run,
+        vec![vec![
+            json!("reconcile"),
+            json!("succeeded"),
+            json!(17),
+            json!(3)
+        ]]
+    );
+    // Reconcile leaves the sync cursor alone; a sync afterwards keeps it and changes nothing.
     let cursor = env.cursor("tickets");
+    assert_eq!(cursor, synced, "reconcile moved the cursor");
     env.sync_ok().await;
     assert_eq!(env.cursor("tickets"), cursor);
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tickets WHERE _hw_deleted_at IS NOT NULL"), 3);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM tickets WHERE _hw_deleted_at IS NOT NULL"),
+        3
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,19 +120,43 @@ async fn soft_delete_is_repaired_and_hidden_from_analysts() {
     assert!(env.sim.soft_delete("ticket", 4));
     let r = reconcile(&env, ReconcileOptions::default()).await;
     assert_eq!((r.deleted, r.repaired), (0, 1), "{r:?}");
-    let row = env.rows("SELECT status, status_id, _hw_deleted_at IS NULL, _hw_op FROM tickets WHERE id = 4");
-    assert_eq!(row, vec![vec![json!("deleted"), json!(3), json!(true), json!("repair")]]);
+    let row = env
+        .rows("SELECT status, status_id, _hw_deleted_at IS NULL, _hw_op FROM tickets WHERE id = 4");
+    assert_eq!(
+        row,
+        vec![vec![
+            json!("deleted"),
+            json!(3),
+            json!(true),
+            json!("repair")
+        ]]
+    );
     assert_eq!(lake_ops(&env, "repair").await, vec![4]);
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM analytics.tickets WHERE id = 4"), 0);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM analytics.tickets WHERE id = 4"),
+        0
+    );
     assert_eq!(env.scalar_i64("SELECT count(*) FROM analytics.tickets"), 9);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_status_change_and_merge_are_repaired() {
     let env = loaded(10).await;
-    assert!(env.sim.update("ticket", 2, obj(json!({"status": "closed", "status_id": 2})), false));
+    assert!(env.sim.update(
+        "ticket",
+        2,
+        obj(json!({"status": "closed", "status_id": 2})),
+        false
+    ));
     assert!(env.sim.merge("ticket", 5, 6));
-    let r = reconcile(&env, ReconcileOptions { max_delete_fraction: 0.5, ..Default::default() }).await;
+    let r = reconcile(
+        &env,
+        ReconcileOptions {
+            max_delete_fraction: 0.5,
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!((r.deleted, r.repaired), (1, 2), "{r:?}");
     assert_eq!(r.sample_repaired, vec![2, 6]);
     assert_eq!(r.sample_deleted, vec![5]);
@@ -99,7 +171,14 @@ async fn purged_row_that_reappears_is_undeleted() {
     let env = loaded(10).await;
     let original = env.sim.get("ticket", 8).unwrap();
     env.sim.purge("ticket", 8);
-    let r = reconcile(&env, ReconcileOptions { max_delete_fraction: 0.5, ..Default::default() }).await;
+    let r = reconcile(
+        &env,
+        ReconcileOptions {
+            max_delete_fraction: 0.5,
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(r.deleted, 1);
     env.sim.insert_raw("ticket", original);
     let r = reconcile(&env, ReconcileOptions::default()).await;
@@ -124,20 +203,74 @@ async fn a_scan_that_does_not_finish_marks_nothing() {
     let r = reconcile(&env, ReconcileOptions::default()).await;
     assert_eq!(r.outcome, "failed");
     let err = r.error.unwrap();
-    assert!(err.contains("page 4") && err.contains("nothing was marked"), "{err}");
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tickets WHERE _hw_deleted_at IS NOT NULL"), 0);
+    assert!(
+        err.contains("page 4") && err.contains("nothing was marked"),
+        "{err}"
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM tickets WHERE _hw_deleted_at IS NOT NULL"),
+        0
+    );
+    // The same through the command: a non-zero exit and the reason.
+    let first = env.sim.request_count() + 4;
+    let sim = env.sim.clone();
+    env.sim.on_search(first, move || {
+        for _ in 0..3 {
+            sim.push_fault(Fault::ServerError(503));
+        }
+    });
     let out = env.bin().arg("reconcile").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tickets WHERE _hw_deleted_at IS NOT NULL"), 100);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nothing was marked"), "{stderr}");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM tickets WHERE _hw_deleted_at IS NOT NULL"),
+        0
+    );
+
+    let out = env.bin().arg("reconcile").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM tickets WHERE _hw_deleted_at IS NOT NULL"),
+        100
+    );
 
     // A broken filter: Cerb answers success with total 0. Refused, non-zero exit.
     let mut cfg = env.config();
     cfg.streams[0].filter = "nosuchfield:1".into();
     let p = highwater::sync::Pipeline::build(cfg).unwrap();
-    let r = highwater::reconcile::run(&p, None, &ReconcileOptions::default()).await.unwrap().remove(0);
+    let r = highwater::reconcile::run(&p, None, &ReconcileOptions::default())
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(r.outcome, "refused");
     assert!(r.error.unwrap().contains("no rows at all"));
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM tickets WHERE _hw_deleted_at IS NOT NULL"), 100);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM tickets WHERE _hw_deleted_at IS NOT NULL"),
+        100
+    );
+    let broken = env.toml.replace(
+        "record_type = \"ticket\"\n",
+        "record_type = \"ticket\"\nfilter = \"nosuchfield:1\"\n",
+    );
+    assert_ne!(broken, env.toml);
+    std::fs::write(env.path().join("broken.toml"), broken).unwrap();
+    let out = env
+        .bin()
+        .args(["--config", "broken.toml", "reconcile"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no rows at all"), "{stderr}");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM tickets WHERE _hw_deleted_at IS NOT NULL"),
+        100
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,29 +279,70 @@ async fn mass_deletion_needs_force_and_dry_run_changes_nothing() {
     for id in 1..=20 {
         env.sim.purge("ticket", id);
     }
-    env.sim.update("ticket", 30, obj(json!({"importance": 99})), false);
+    env.sim
+        .update("ticket", 30, obj(json!({"importance": 99})), false);
     let r = reconcile(&env, ReconcileOptions::default()).await;
     assert_eq!(r.outcome, "refused");
     assert!(r.error.unwrap().contains("40.0%"));
     assert_eq!(live_ids(&env).len(), 50);
 
-    let out = env.bin().args(["reconcile", "--dry-run", "--force", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = env
+        .bin()
+        .args(["reconcile", "--dry-run", "--force", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(dry[0]["outcome"], json!("dry_run"));
     assert_eq!(live_ids(&env).len(), 50, "dry run changed nothing");
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM highwater.runs WHERE kind = 'reconcile'"), 1);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM tickets WHERE id = 30 AND _hw_op = 'repair'"),
+        0,
+        "no repair applied"
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM highwater.files"),
+        1,
+        "no lake file written"
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM highwater.runs WHERE kind = 'reconcile'"),
+        1
+    );
 
-    let out = env.bin().args(["reconcile", "--force", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = env
+        .bin()
+        .args(["reconcile", "--force", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let real: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for k in ["scanned", "deleted", "undeleted", "repaired", "sample_deleted", "sample_repaired"] {
+    for k in [
+        "scanned",
+        "deleted",
+        "undeleted",
+        "repaired",
+        "sample_deleted",
+        "sample_repaired",
+    ] {
         assert_eq!(dry[0][k], real[0][k], "{k}");
     }
     assert_eq!(real[0]["deleted"], json!(20));
     assert_eq!(live_ids(&env), (21..=50).collect::<Vec<_>>());
     let refused = env.bin().arg("reconcile").output().unwrap();
-    assert!(refused.status.success(), "nothing left to delete: {}", String::from_utf8_lossy(&refused.stderr));
+    assert!(
+        refused.status.success(),
+        "nothing left to delete: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 }
 
 #[derive(Clone, Debug)]

@@ -2,8 +2,8 @@
 //! request's signature is checked, serving a temporary folder (one sub-folder per bucket).
 //!
 //! It runs on a thread of its own, so it keeps answering while a test blocks on a child process.
-//! `fail_part(n)` makes the n-th multipart part upload from then on fail with a non-retryable
-//! S3 error (403), as a store that rejects a part would.
+//! `fail_part(n)` makes every upload of part number n fail with a non-retryable S3 error (403),
+//! as a store that rejects a part would.
 
 #![allow(dead_code)]
 
@@ -25,7 +25,7 @@ pub const REGION: &str = "us-east-1";
 #[derive(Default)]
 struct Faults {
     parts_seen: AtomicUsize,
-    /// 1-based index of the part upload to fail (counted from the last `fail_part`); 0 = none.
+    /// Part number whose uploads fail; 0 = none.
     fail_at: AtomicUsize,
 }
 
@@ -70,21 +70,29 @@ impl S3Server {
                     };
                     let service = service.clone();
                     let f = Arc::clone(&f);
-                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let service = service.clone();
-                        let f = Arc::clone(&f);
-                        async move {
-                            if is_part_upload(&req) {
-                                let n = f.parts_seen.fetch_add(1, Ordering::SeqCst) + 1;
-                                let at = f.fail_at.load(Ordering::SeqCst);
-                                if at != 0 && n == at {
-                                    return Ok::<_, s3s::HttpError>(denied());
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let service = service.clone();
+                            let f = Arc::clone(&f);
+                            async move {
+                                if let Some(part) = part_number(&req) {
+                                    f.parts_seen.fetch_add(1, Ordering::SeqCst);
+                                    let at = f.fail_at.load(Ordering::SeqCst);
+                                    if at != 0 && part == at {
+                                        // Read the part first: a reply before the body would reach
+                                        // the client as a broken connection, which it retries.
+                                        let _ =
+                                            http_body_util::BodyExt::collect(req.into_body()).await;
+                                        return Ok::<_, s3s::HttpError>(denied());
+                                    }
                                 }
+                                hyper::service::Service::call(&service, req).await
                             }
-                            hyper::service::Service::call(&service, req).await
-                        }
-                    });
-                    let conn = http.serve_connection(TokioIo::new(socket), svc).into_owned();
+                        },
+                    );
+                    let conn = http
+                        .serve_connection(TokioIo::new(socket), svc)
+                        .into_owned();
                     tokio::spawn(async move {
                         let _ = conn.await;
                     });
@@ -133,7 +141,8 @@ impl S3Server {
             .collect()
     }
 
-    /// Fail the `n`-th part upload from now on (1-based); 0 turns it off.
+    /// Fail every upload of part number `n` (1-based) from now on; 0 turns it off. Also restarts
+    /// the count of part uploads seen.
     pub fn fail_part(&self, n: usize) {
         self.faults.parts_seen.store(0, Ordering::SeqCst);
         self.faults.fail_at.store(n, Ordering::SeqCst);
@@ -149,7 +158,9 @@ impl S3Server {
         let mut out = Vec::new();
         let mut stack = vec![base.clone()];
         while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let p = e.path();
                 let name = e.file_name().to_string_lossy().to_string();
@@ -193,12 +204,18 @@ impl Drop for S3Server {
     }
 }
 
-fn is_part_upload(req: &http::Request<hyper::body::Incoming>) -> bool {
-    req.method() == http::Method::PUT
-        && req
-            .uri()
-            .query()
-            .is_some_and(|q| q.contains("partNumber=") && q.contains("uploadId="))
+/// The part number of a multipart part upload (`PUT …?partNumber=N&uploadId=…`).
+fn part_number(req: &http::Request<hyper::body::Incoming>) -> Option<usize> {
+    if req.method() != http::Method::PUT {
+        return None;
+    }
+    let q = req.uri().query()?;
+    if !q.contains("uploadId=") {
+        return None;
+    }
+    q.split('&')
+        .find_map(|kv| kv.strip_prefix("partNumber="))
+        .and_then(|n| n.parse().ok())
 }
 
 fn denied() -> http::Response<s3s::Body> {

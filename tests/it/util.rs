@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use arrow::record_batch::RecordBatch;
 use highwater::config::Config;
-use highwater::lake::Lake;
 use highwater::model::Cursor;
 use highwater::sim::{Clock, Sim, SimConfig};
 use highwater::sync::{Pipeline, StreamReport, SyncOptions};
@@ -30,6 +29,8 @@ pub struct Opts {
     pub checkpoint_rows: usize,
     pub lag: i64,
     pub streams: Vec<(&'static str, &'static str)>,
+    /// The `[lake]` table's body (default: a local folder beside the warehouse).
+    pub lake: String,
 }
 
 impl Default for Opts {
@@ -41,6 +42,7 @@ impl Default for Opts {
             checkpoint_rows: 50_000,
             lag: 5,
             streams: vec![("tickets", "ticket")],
+            lake: "url = \"file://./lake\"\n".to_string(),
         }
     }
 }
@@ -66,10 +68,11 @@ impl TestEnv {
         let dir = tempfile::tempdir().unwrap();
         let mut toml = format!(
             "[source]\nurl = \"{}\"\ntoken = \"${{T}}\"\nmax_retries = 2\ntimeout_secs = 10\n\
-             [lake]\nurl = \"file://./lake\"\n[warehouse]\npath = \"warehouse.duckdb\"\nlock_wait_secs = 2\n\
-             [sync]\ncheckpoint_rows = {}\n",
+             [warehouse]\npath = \"warehouse.duckdb\"\nlock_wait_secs = 2\n\
+             [sync]\ncheckpoint_rows = {}\n[lake]\n{}",
             sim.base_url(),
-            o.checkpoint_rows
+            o.checkpoint_rows,
+            o.lake
         );
         for (name, rt) in &o.streams {
             toml.push_str(&format!(
@@ -87,7 +90,13 @@ impl TestEnv {
 
     pub fn config(&self) -> Config {
         let env: BTreeMap<String, String> = [("T".to_string(), TOKEN.to_string())].into();
-        Config::parse(&self.toml, &self.path().join("highwater.toml"), self.path(), &env).unwrap()
+        Config::parse(
+            &self.toml,
+            &self.path().join("highwater.toml"),
+            self.path(),
+            &env,
+        )
+        .unwrap()
     }
 
     pub fn pipeline(&self) -> Pipeline {
@@ -99,7 +108,9 @@ impl TestEnv {
     }
 
     pub async fn sync_with(&self, opts: SyncOptions) -> Vec<StreamReport> {
-        highwater::sync::run(&self.pipeline(), None, &opts).await.unwrap()
+        highwater::sync::run(&self.pipeline(), None, &opts)
+            .await
+            .unwrap()
     }
 
     /// Sync and insist that every stream succeeded.
@@ -123,7 +134,9 @@ impl TestEnv {
     }
 
     pub fn scalar_i64(&self, sql: &str) -> i64 {
-        self.rows(sql)[0][0].as_i64().unwrap_or_else(|| panic!("{sql}: not an integer"))
+        self.rows(sql)[0][0]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{sql}: not an integer"))
     }
 
     pub fn cursor(&self, stream: &str) -> Option<Cursor> {
@@ -136,7 +149,7 @@ impl TestEnv {
 
     /// Every row of every committed Parquet file of a stream, read back with the parquet crate.
     pub async fn lake_batches(&self, stream: &str) -> Vec<RecordBatch> {
-        let lake = Lake::open("file://./lake", &[], self.path()).unwrap();
+        let lake = self.pipeline().lake;
         let keys: Vec<String> = self
             .rows(&format!(
                 "SELECT key FROM highwater.files WHERE stream = '{stream}' ORDER BY key"
@@ -199,7 +212,11 @@ impl TestEnv {
             "SELECT count(*) - count(DISTINCT id) FROM \"{table}\""
         ));
         assert_eq!(dups, 0, "duplicate ids in {table}");
-        assert_eq!(self.warehouse_ids(table), self.source_ids(rtype), "id sets differ");
+        assert_eq!(
+            self.warehouse_ids(table),
+            self.source_ids(rtype),
+            "id sets differ"
+        );
         let wh: BTreeMap<i64, i64> = self
             .rows(&format!("SELECT id, updated FROM \"{table}\""))
             .into_iter()

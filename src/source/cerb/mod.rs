@@ -83,7 +83,10 @@ impl CerbSource {
     }
 
     fn search_url(&self, record_type: &str) -> String {
-        format!("{}/rest/records/{}/search.json", self.inner.base_url, record_type)
+        format!(
+            "{}/rest/records/{}/search.json",
+            self.inner.base_url, record_type
+        )
     }
 
     /// Check credentials, record type and filter with a query that matches nothing, and return the
@@ -95,7 +98,10 @@ impl CerbSource {
 
     /// The pages of `walk`, each validated against the cursor contract. Ends after an empty page, or
     /// when the window is exhausted. The first error ends the stream.
-    pub fn pages(&self, walk: Walk) -> impl Stream<Item = Result<Page, SourceError>> + Send + 'static {
+    pub fn pages(
+        &self,
+        walk: Walk,
+    ) -> impl Stream<Item = Result<Page, SourceError>> + Send + 'static {
         struct State {
             src: CerbSource,
             walk: Walk,
@@ -133,7 +139,10 @@ impl CerbSource {
                 }
             };
             st.page += 1;
-            let res = st.src.search(&st.walk.record_type, &q, st.walk.page_size).await;
+            let res = st
+                .src
+                .search(&st.walk.record_type, &q, st.walk.page_size)
+                .await;
             let item = res.and_then(|r| {
                 let records = validate_page(&st.walk, st.page, st.after, r.results)?;
                 Ok(Page {
@@ -156,7 +165,12 @@ impl CerbSource {
     }
 
     /// One search with retries for transient failures.
-    async fn search(&self, record_type: &str, q: &str, limit: u32) -> Result<SearchResult, SourceError> {
+    async fn search(
+        &self,
+        record_type: &str,
+        q: &str,
+        limit: u32,
+    ) -> Result<SearchResult, SourceError> {
         let url = self.search_url(record_type);
         let mut attempt: u32 = 0;
         let mut waited = Duration::ZERO;
@@ -203,7 +217,12 @@ impl CerbSource {
         }
     }
 
-    async fn search_once(&self, url: &str, q: &str, limit: u32) -> Result<SearchResult, SourceError> {
+    async fn search_once(
+        &self,
+        url: &str,
+        q: &str,
+        limit: u32,
+    ) -> Result<SearchResult, SourceError> {
         let limit = limit.to_string();
         let resp = self
             .inner
@@ -283,7 +302,8 @@ impl CerbSource {
 fn transport(url: &str, e: reqwest::Error) -> SourceError {
     // Timeouts, resets and truncated bodies are worth another try; a malformed URL or a TLS
     // configuration error is not.
-    let transient = e.is_timeout() || e.is_connect() || e.is_body() || e.is_request() || e.is_decode();
+    let transient =
+        e.is_timeout() || e.is_connect() || e.is_body() || e.is_request() || e.is_decode();
     let mut message = e.to_string();
     let mut src = std::error::Error::source(&e);
     while let Some(s) = src {
@@ -319,7 +339,6 @@ fn backoff(attempt: u32) -> Duration {
     cap.mul_f64(0.5 + 0.5 * jitter)
 }
 
-
 impl CursorMode {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -341,9 +360,13 @@ mod tests {
             parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
             Some(Duration::ZERO)
         );
-        let future = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
+        let future =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
         let d = parse_retry_after(&future).unwrap();
-        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120), "{d:?}");
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 

@@ -60,7 +60,13 @@ mod tests {
 
     #[test]
     fn keyset_query_has_outer_parentheses_and_inclusive_ranges() {
-        let q = keyset(CursorMode::UpdatedId, Cursor::new(1796322050, 450), 1796400000, "").unwrap();
+        let q = keyset(
+            CursorMode::UpdatedId,
+            Cursor::new(1796322050, 450),
+            1796400000,
+            "",
+        )
+        .unwrap();
         assert_eq!(
             q,
             "(updated:\"1796322051 to 1796400000\" OR (updated:\"1796322050 to 1796322050\" id:>450)) sort:updated,id"
@@ -80,8 +86,14 @@ mod tests {
     fn cursor_at_horizon_only_reads_the_rest_of_its_second() {
         let q = keyset(CursorMode::UpdatedId, Cursor::new(9, 3), 9, "").unwrap();
         assert_eq!(q, "((updated:\"9 to 9\" id:>3)) sort:updated,id");
-        assert_eq!(keyset(CursorMode::UpdatedId, Cursor::window_done(9), 9, ""), None);
-        assert_eq!(keyset(CursorMode::UpdatedId, Cursor::new(10, 3), 9, ""), None);
+        assert_eq!(
+            keyset(CursorMode::UpdatedId, Cursor::window_done(9), 9, ""),
+            None
+        );
+        assert_eq!(
+            keyset(CursorMode::UpdatedId, Cursor::new(10, 3), 9, ""),
+            None
+        );
     }
 
     #[test]

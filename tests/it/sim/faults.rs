@@ -203,12 +203,21 @@ async fn a_delay_holds_the_answer_back_then_answers_normally() {
     sim.push_fault(Fault::Delay(Duration::from_millis(400)));
     let t = std::time::Instant::now();
     let r = search(&sim, "ticket", "sort:id", &[("limit", "5")]).await;
-    assert!(t.elapsed() >= Duration::from_millis(400), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.ids(), vec![1, 2, 3, 4, 5]);
     // Taken once: the next request is immediate.
     let t = std::time::Instant::now();
-    assert_eq!(search(&sim, "ticket", "sort:id", &[("limit", "5")]).await.status, 200);
+    assert_eq!(
+        search(&sim, "ticket", "sort:id", &[("limit", "5")])
+            .await
+            .status,
+        200
+    );
     assert!(t.elapsed() < Duration::from_millis(400));
 }
 
@@ -225,5 +234,9 @@ async fn a_search_hook_runs_at_the_nth_search_before_it_is_answered() {
     let first = search(&sim, "ticket", "id:>999", &[]).await;
     assert!(first.ids().is_empty());
     let second = search(&sim, "ticket", "id:>999", &[]).await;
-    assert_eq!(second.ids(), vec![1000], "the hook's row is in the answer to search #2");
+    assert_eq!(
+        second.ids(),
+        vec![1000],
+        "the hook's row is in the answer to search #2"
+    );
 }
