@@ -164,6 +164,16 @@ impl Record {
     }
 }
 
+/// A source record that could not be loaded, kept whole in `highwater.rejects`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reject {
+    /// The record's `id` as the source sent it, when it had one (it may be the reason).
+    pub record_id: Option<String>,
+    /// The record's JSON text (after the text policy of `source::text`).
+    pub raw: String,
+    pub reason: String,
+}
+
 /// The system columns added to every row, in this order, after the source columns.
 pub const SYSTEM_COLUMNS: &[(&str, ColType)] = &[
     ("_hw_run_id", ColType::Utf8),
