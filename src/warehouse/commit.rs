@@ -312,6 +312,7 @@ pub(crate) fn table_columns(c: &Connection, stream: &str) -> duckdb::Result<Tabl
         .filter(|(n, _)| !n.starts_with("_hw_"))
         .map(|(name, ty)| crate::model::Column {
             name,
+            field: None,
             ty: match ty.as_str() {
                 "BOOLEAN" => ColType::Bool,
                 "BIGINT" => ColType::Int64,
