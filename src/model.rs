@@ -104,8 +104,28 @@ impl ColType {
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Column {
+    /// The column's name in the warehouse table and in Parquet (always quoted in SQL).
     pub name: String,
     pub ty: ColType,
+    /// The source field this column holds, when its name had to differ from the field's (see
+    /// `convert::column_name_for`); `None` when the column is named exactly like the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl Column {
+    pub fn new(name: impl Into<String>, ty: ColType) -> Column {
+        Column {
+            name: name.into(),
+            ty,
+            field: None,
+        }
+    }
+
+    /// The source field name this column is filled from.
+    pub fn source_field(&self) -> &str {
+        self.field.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// The source columns of one stream's table, in first-seen order (system columns excluded).
@@ -165,6 +185,16 @@ impl Record {
     pub fn key(&self) -> Cursor {
         Cursor::new(self.updated, self.id)
     }
+}
+
+/// A source record that could not be loaded, kept whole in `highwater.rejects`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reject {
+    /// The record's `id` as the source sent it, when it had one (it may be the reason).
+    pub record_id: Option<String>,
+    /// The record's JSON text (after the text policy of `source::text`).
+    pub raw: String,
+    pub reason: String,
 }
 
 /// The system columns added to every row, in this order, after the source columns.

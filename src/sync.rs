@@ -14,10 +14,11 @@ use std::time::Instant;
 
 use futures::StreamExt;
 
+use crate::config::OnBadRecord;
 use crate::config::{Config, StreamConfig};
 use crate::convert::{Converter, SystemValues};
 use crate::lake::Lake;
-use crate::model::{Cursor, CursorMode, Op, Record};
+use crate::model::{Cursor, CursorMode, Op, Record, Reject};
 use crate::source::cerb::CerbSource;
 use crate::source::{SourceError, Walk};
 use crate::warehouse::{
@@ -123,6 +124,8 @@ pub struct StreamReport {
     pub rows_fetched: u64,
     pub rows_written: u64,
     pub checkpoints: u64,
+    /// Records kept in `highwater.rejects` by this run.
+    pub rejected: u64,
     pub files: Vec<String>,
     pub seconds: f64,
     pub error: Option<String>,
@@ -257,6 +260,13 @@ struct RunState<'a> {
     committed: Cursor,
     seq: u32,
     counts: RunCounts,
+    /// Rejected records not yet committed: they go with the next checkpoint (or the end of the
+    /// run), in the transaction whose cursor passes them.
+    rejects: Vec<Reject>,
+    /// Hashes of the raw text of every record rejected in this run, so a record seen again at the
+    /// start of the next page (a reject after the page's last loadable key) is kept once.
+    rejected_seen: std::collections::HashSet<u64>,
+    rejected: u64,
     files: Vec<String>,
     opts: &'a SyncOptions,
     last_checkpoint: Instant,
@@ -276,6 +286,7 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
         rows_fetched: 0,
         rows_written: 0,
         checkpoints: 0,
+        rejected: 0,
         files: Vec::new(),
         seconds: 0.0,
         error: None,
@@ -350,6 +361,9 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
         committed: cursor,
         seq: 0,
         counts: RunCounts::default(),
+        rejects: Vec::new(),
+        rejected_seen: Default::default(),
+        rejected: 0,
         files: Vec::new(),
         opts,
         last_checkpoint: Instant::now(),
@@ -395,6 +409,10 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
                 st.counts.requests += page.requests;
                 st.counts.retries += page.retries;
                 st.counts.wait_ms += page.wait.as_millis() as u64;
+                if let Err(m) = take_rejects(&mut st, page.number, page.rejects) {
+                    outcome = Err(("fetch", m, Outcome::Failed));
+                    break;
+                }
                 if page.records.is_empty() {
                     outcome = Ok(true);
                     break;
@@ -442,6 +460,14 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
         }
     }
 
+    // Rejects still pending were read after the last checkpoint: they are kept with the final
+    // cursor when the window was read to the end, and otherwise read again by the next run.
+    let rejects = if matches!(outcome, Ok(true)) {
+        std::mem::take(&mut st.rejects)
+    } else {
+        st.rejected -= st.rejects.len() as u64;
+        Vec::new()
+    };
     let (oc, error, final_cursor) = match &outcome {
         Ok(true) => {
             let fin = match s.cursor {
@@ -475,7 +501,7 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
         counts: st.counts,
         details: None,
     };
-    let finished = blocking(move || wh.finish_run(&fin)).await;
+    let finished = blocking(move || wh.finish_run_with(&fin, &rejects)).await;
     if let Err(e) = write_manifests_for_run(p, &run_id).await {
         tracing::warn!(stream = %s.name, run_id = %run_id, error = %e, "manifest not written; the warehouse still knows the files");
     }
@@ -497,6 +523,7 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
     report.rows_fetched = st.counts.rows_fetched;
     report.rows_written = st.counts.rows_written;
     report.checkpoints = st.counts.checkpoints;
+    report.rejected = st.rejected;
     report.files = st.files;
     report.seconds = started.elapsed().as_secs_f64();
     if let Some(e) = error {
@@ -568,23 +595,31 @@ async fn checkpoint(st: &mut RunState<'_>) -> Result<(), (&'static str, String)>
         rows,
         bytes: written.bytes,
     };
-    blocking(move || {
-        wh.commit_checkpoint(&Checkpoint {
-            stream: &stream,
-            record_type: &record_type,
-            run_id: &run_id,
-            seq,
-            schema: &schema,
-            schema_changes: &changes,
-            batches: std::slice::from_ref(&batch),
-            file,
-            cursor: Some(cursor),
-            pages,
-            rows_fetched: fetched,
-        })
+    let rejects = std::mem::take(&mut st.rejects);
+    let kept = rejects.len() as u64;
+    let committed = blocking(move || {
+        wh.commit_checkpoint_with(
+            &Checkpoint {
+                stream: &stream,
+                record_type: &record_type,
+                run_id: &run_id,
+                seq,
+                schema: &schema,
+                schema_changes: &changes,
+                batches: std::slice::from_ref(&batch),
+                file,
+                cursor: Some(cursor),
+                pages,
+                rows_fetched: fetched,
+            },
+            &rejects,
+        )
     })
-    .await
-    .map_err(|e| ("warehouse commit", e))?;
+    .await;
+    if let Err(e) = committed {
+        st.rejected -= kept;
+        return Err(("warehouse commit", e));
+    }
     st.committed = cursor;
     st.counts.checkpoints += 1;
     st.counts.rows_written += rows;
@@ -593,6 +628,39 @@ async fn checkpoint(st: &mut RunState<'_>) -> Result<(), (&'static str, String)>
     tracing::info!(stream = %st.s.name, run_id = %st.run_id, seq, rows, cursor = %cursor, "checkpoint committed");
     if let Some(fp) = &st.opts.failpoint {
         fp.hit("after_commit").map_err(|m| ("after commit", m))?;
+    }
+    Ok(())
+}
+
+/// Take a page's rejected records: under `on_bad_record = "fail"` the first one ends the run (the
+/// page and everything after it stay uncommitted); otherwise they wait, logged, for the next commit.
+fn take_rejects(st: &mut RunState<'_>, page: u64, rejects: Vec<Reject>) -> Result<(), String> {
+    use std::hash::{Hash, Hasher};
+    for r in rejects {
+        if st.p.cfg.sync.on_bad_record == OnBadRecord::Fail {
+            return Err(format!(
+                "{}{}; raw: {}. [sync] on_bad_record = \"fail\" stops the run here: nothing of page {page} \
+                 is committed. Fix the record at the source, or set on_bad_record = \"reject\" to keep \
+                 such records in highwater.rejects and go on",
+                r.reason,
+                r.record_id
+                    .as_ref()
+                    .map(|id| format!(" (id {id})"))
+                    .unwrap_or_default(),
+                crate::util::snippet(&r.raw, 200)
+            ));
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        r.raw.hash(&mut h);
+        if !st.rejected_seen.insert(h.finish()) {
+            continue;
+        }
+        tracing::warn!(
+            stream = %st.s.name, run_id = %st.run_id, record_id = r.record_id.as_deref().unwrap_or("-"),
+            reason = %r.reason, "record rejected; kept whole in highwater.rejects"
+        );
+        st.rejected += 1;
+        st.rejects.push(r);
     }
     Ok(())
 }

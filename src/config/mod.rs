@@ -83,6 +83,7 @@ struct RawWarehouse {
 struct RawSync {
     checkpoint_rows: Option<usize>,
     checkpoint_secs: Option<f64>,
+    on_bad_record: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +138,18 @@ pub struct WarehouseConfig {
 pub struct SyncConfig {
     pub checkpoint_rows: usize,
     pub checkpoint_interval: Duration,
+    pub on_bad_record: OnBadRecord,
+}
+
+/// What a sync does with a record it cannot load (no usable `id`, not a JSON object).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnBadRecord {
+    /// Keep it whole in `highwater.rejects` (committed with the checkpoint that passes it), log a
+    /// warning and go on: one broken record does not stop a help desk's sync.
+    #[default]
+    Reject,
+    /// Fail the run at the page holding it; that page commits nothing, the cursor stays before it.
+    Fail,
 }
 
 #[derive(Clone, Debug)]
@@ -497,7 +510,18 @@ fn validate(
     if checkpoint_rows == 0 {
         problems.push("sync.checkpoint_rows: must be at least 1".into());
     }
+    let on_bad_record = match raw.sync.on_bad_record.as_deref() {
+        None | Some("reject") => OnBadRecord::Reject,
+        Some("fail") => OnBadRecord::Fail,
+        Some(other) => {
+            problems.push(format!(
+                "sync.on_bad_record: {other:?} is not a choice; use \"reject\" (keep bad records in highwater.rejects and go on) or \"fail\""
+            ));
+            OnBadRecord::Reject
+        }
+    };
     let sync = SyncConfig {
+        on_bad_record,
         checkpoint_rows: checkpoint_rows.max(1),
         checkpoint_interval: secs(
             raw.sync.checkpoint_secs.unwrap_or(60.0),

@@ -143,3 +143,27 @@ lag_secs = 0
     .unwrap();
     assert_eq!(default.lake.part_size, 10 * 1024 * 1024);
 }
+
+#[test]
+fn on_bad_record_defaults_to_reject_and_takes_fail() {
+    let e = env(&[("CERB_TOKEN", "abc")]);
+    assert_eq!(
+        parse(EXAMPLE, &e).unwrap().sync.on_bad_record,
+        OnBadRecord::Reject
+    );
+    let base = "[source]\nurl = \"http://x\"\ntoken = \"${CERB_TOKEN}\"\n[[streams]]\nname = \"t\"\nrecord_type = \"ticket\"\n";
+    assert_eq!(
+        parse(base, &e).unwrap().sync.on_bad_record,
+        OnBadRecord::Reject
+    );
+    let fail = format!("[sync]\non_bad_record = \"fail\"\n{base}");
+    assert_eq!(
+        parse(&fail, &e).unwrap().sync.on_bad_record,
+        OnBadRecord::Fail
+    );
+    let p = problems(&format!("[sync]\non_bad_record = \"skip\"\n{base}"), &e).join("\n");
+    assert!(
+        p.contains("sync.on_bad_record") && p.contains("\"skip\""),
+        "{p}"
+    );
+}

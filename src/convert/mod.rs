@@ -19,7 +19,9 @@
 //! - Integers beyond `i64` (serde_json `u64`) make the column utf8 and are written as their digits.
 //!   Integers below `i64::MIN` and beyond `u64::MAX` are already doubles when serde_json hands
 //!   them to us (no `arbitrary_precision`); they are written as such.
-//! - Field names that collide with the system columns (`_hw_*`) are refused, never renamed.
+//! - Every source field becomes a column, whatever its name (see [`column_name_for`]): names are
+//!   kept as sent and always quoted in SQL; only a name DuckDB cannot hold apart or that highwater
+//!   reserves gets another column name, recorded in the column's `field` and in `schema_changes`.
 //! - Text columns use 32-bit offsets: one batch must hold less than 2 GiB of text per column
 //!   (checkpoints are orders of magnitude smaller).
 
@@ -48,6 +50,9 @@ pub const ID_COLUMN: &str = "id";
 /// Arrow field metadata key holding the logical [`ColType`] (`json` and `utf8` share Arrow Utf8).
 pub const COLTYPE_METADATA_KEY: &str = "highwater.type";
 
+/// Arrow field metadata key holding the source field name of a column whose name differs from it.
+pub const FIELD_METADATA_KEY: &str = "highwater.field";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
     #[error(
@@ -55,11 +60,6 @@ pub enum ConvertError {
          (highwater.streams / the table) before syncing again"
     )]
     BadSchema { reason: String },
-    #[error(
-        "record {record_id} has a field named {column:?}, which is reserved for highwater's system \
-         columns; rename or drop the field at the source"
-    )]
-    ReservedColumn { column: String, record_id: i64 },
     #[error("internal error: value of record {record_id} does not fit column {column:?} ({ty})")]
     Internal {
         column: String,
@@ -127,10 +127,7 @@ impl Converter {
         let mut schema = existing;
         let mut pending = Vec::new();
         if schema.columns.is_empty() {
-            schema.columns.push(Column {
-                name: ID_COLUMN.to_string(),
-                ty: ColType::Int64,
-            });
+            schema.columns.push(Column::new(ID_COLUMN, ColType::Int64));
             pending.push(SchemaChange {
                 column: ID_COLUMN.to_string(),
                 from: None,
@@ -139,12 +136,7 @@ impl Converter {
             });
         }
         let invalid = validate(&schema).err();
-        let index = schema
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.name.clone(), i))
-            .collect();
+        let index = field_index(&schema);
         let inexact_ints = vec![false; schema.columns.len()];
         let arrow_schema = build_arrow_schema(&schema);
         Converter {
@@ -213,7 +205,7 @@ impl Converter {
             for (pos, (name, value)) in rec.fields.iter().enumerate() {
                 let name_at = |i: usize| -> &str {
                     if i < base {
-                        &self.schema.columns[i].name
+                        self.schema.columns[i].source_field()
                     } else {
                         &new_names[i - base]
                     }
@@ -235,12 +227,6 @@ impl Converter {
                             // Not a column yet and nothing to type it by.
                             continue;
                         } else {
-                            if is_reserved(name) {
-                                return Err(ConvertError::ReservedColumn {
-                                    column: name.clone(),
-                                    record_id: rec.id,
-                                });
-                            }
                             let i = base + new_names.len();
                             new_names.push(name.clone());
                             new_index.insert(name.clone(), i);
@@ -290,6 +276,14 @@ impl Converter {
         let mut columns = self.schema.columns.clone();
         let mut inexact_ints = Vec::with_capacity(work.len());
         let mut changes = Vec::new();
+        let mut taken: HashMap<String, String> = if new_names.is_empty() {
+            HashMap::new()
+        } else {
+            columns
+                .iter()
+                .map(|c| (fold(&c.name), c.name.clone()))
+                .collect()
+        };
         for (i, w) in work.iter().enumerate() {
             let Some(ty) = w.ty else { continue };
             inexact_ints.push(w.inexact);
@@ -305,14 +299,26 @@ impl Converter {
                     col.ty = ty;
                 }
             } else {
-                let name = new_names[i - base].clone();
+                let field = &new_names[i - base];
+                let (name, why) = column_name_for(field, &taken);
+                taken.insert(fold(&name), name.clone());
+                let reason = w.reason.clone().unwrap_or_default();
                 changes.push(SchemaChange {
                     column: name.clone(),
                     from: None,
                     to: ty,
-                    reason: w.reason.clone().unwrap_or_default(),
+                    reason: match &why {
+                        Some(why) => format!(
+                            "source field {field:?} stored as column {name:?}: {why}; {reason}"
+                        ),
+                        None => reason,
+                    },
                 });
-                columns.push(Column { name, ty });
+                columns.push(Column {
+                    field: why.map(|_| field.clone()),
+                    name,
+                    ty,
+                });
             }
         }
         let text_bytes = work
@@ -320,17 +326,14 @@ impl Converter {
             .filter(|w| w.ty.is_some())
             .map(|w| w.text_bytes)
             .collect();
-        let index = if columns.len() == base {
+        let schema = TableSchema { columns };
+        let index = if schema.columns.len() == base {
             self.index.clone()
         } else {
-            columns
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (c.name.clone(), i))
-                .collect()
+            field_index(&schema)
         };
         Ok(Plan {
-            schema: TableSchema { columns },
+            schema,
             index,
             inexact_ints,
             changes,
@@ -364,7 +367,7 @@ impl Converter {
                 let cached = slots.get(pos).copied().unwrap_or(SLOT_NONE);
                 let col = match cached {
                     SLOT_ID if name == ID_COLUMN => continue,
-                    c if c < SLOT_NONE && cols[c].name == *name => c,
+                    c if c < SLOT_NONE && cols[c].source_field() == name => c,
                     _ => {
                         let found = if name == ID_COLUMN {
                             SLOT_ID
@@ -454,7 +457,18 @@ fn build_arrow_schema(schema: &TableSchema) -> SchemaRef {
     let mut fields: Vec<Field> = schema
         .columns
         .iter()
-        .map(|c| arrow_field(&c.name, c.ty, c.name != ID_COLUMN))
+        .map(|c| {
+            let f = arrow_field(&c.name, c.ty, c.name != ID_COLUMN);
+            match &c.field {
+                // Lake readers see which source field a renamed column holds.
+                Some(src) => {
+                    let mut meta = f.metadata().clone();
+                    meta.insert(FIELD_METADATA_KEY.to_string(), src.clone());
+                    f.with_metadata(meta)
+                }
+                None => f,
+            }
+        })
         .collect();
     fields.extend(
         SYSTEM_COLUMNS
@@ -466,6 +480,95 @@ fn build_arrow_schema(schema: &TableSchema) -> SchemaRef {
 
 fn is_reserved(name: &str) -> bool {
     SYSTEM_COLUMNS.iter().any(|(n, _)| *n == name) || name == "_hw_deleted_at"
+}
+
+/// Source field name → position of the column holding it.
+fn field_index(schema: &TableSchema) -> HashMap<String, usize> {
+    schema
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.source_field().to_string(), i))
+        .collect()
+}
+
+/// Names compared the way the strictest reader compares them: DuckDB identifiers are
+/// case-insensitive (so are Spark's and Trino's), so `Subject` and `subject` are one name.
+/// Full Unicode lowercase is used: it merges everything ASCII folding merges, and more.
+pub fn fold(name: &str) -> String {
+    name.to_lowercase()
+}
+
+/// The prefix of highwater's own columns; no source column may start with it.
+pub const SYSTEM_PREFIX: &str = "_hw_";
+
+/// Names (folded) a source column may not take besides the `_hw_` prefix, with the reason.
+const RESERVED_NAMES: &[(&str, &str)] = &[
+    (
+        "rowid",
+        "a column named rowid hides DuckDB's row-id pseudo-column, which the merge orders by",
+    ),
+    (
+        "synced_date",
+        "synced_date is the lake's Hive partition key: readers using hive_partitioning would see \
+         the partition value instead of the field's",
+    ),
+];
+
+/// The column name for a new source field, given the (folded) names already taken in the table.
+///
+/// The rule, applied the same way to Parquet and DuckDB (the converter names the Arrow field, and
+/// both take it from there):
+/// 1. the name is kept exactly as the source sent it — spaces, quotes, SQL keywords, any length,
+///    any script: every identifier highwater writes into SQL is quoted;
+/// 2. except what no column can be called: NUL characters become U+FFFD (SQL text is passed to
+///    DuckDB as a C string), an empty name becomes `_`;
+/// 3. a name starting with `_hw_` (in any case) gets the prefix `src`: `_hw_op` → `src_hw_op`,
+///    since `_hw_` belongs to highwater's system columns, present and future;
+/// 4. a name equal to a taken one after case folding ([`fold`]) — `Subject` after `subject` —
+///    gets the first free suffix `__2`, `__3`, …: the field seen first keeps its name. So does a
+///    name DuckDB or the lake layout give a meaning of their own: `rowid` (DuckDB's row-id
+///    pseudo-column, hidden by a real column of that name) and `synced_date` (the lake's Hive
+///    partition key, which hive-partitioned readers put in place of the field).
+///
+/// Returns the name and, when it differs from the field's, why (recorded in `schema_changes`).
+pub fn column_name_for(field: &str, taken: &HashMap<String, String>) -> (String, Option<String>) {
+    let mut why: Vec<String> = Vec::new();
+    let mut base = field.to_string();
+    if base.contains('\0') {
+        base = base.replace('\0', "\u{FFFD}");
+        why.push("NUL cannot appear in a column name".into());
+    }
+    if base.is_empty() {
+        base = "_".into();
+        why.push("a column name cannot be empty".into());
+    }
+    if fold(&base).starts_with(SYSTEM_PREFIX) {
+        base = format!("src{base}");
+        why.push(format!(
+            "the prefix {SYSTEM_PREFIX} is reserved for highwater's columns"
+        ));
+    }
+    let reserved = |name: &str| RESERVED_NAMES.iter().find(|(r, _)| *r == fold(name));
+    if let Some((_, reason)) = reserved(&base) {
+        why.push((*reason).to_string());
+    }
+    if let Some(other) = taken.get(&fold(&base)) {
+        why.push(format!(
+            "it equals column {other:?} when case is ignored, as DuckDB does"
+        ));
+    }
+    let mut name = base.clone();
+    let mut n = 2;
+    while taken.contains_key(&fold(&name)) || reserved(&name).is_some() {
+        name = format!("{base}__{n}");
+        n += 1;
+    }
+    if why.is_empty() {
+        (name, None)
+    } else {
+        (name, Some(why.join("; ")))
+    }
 }
 
 fn validate(schema: &TableSchema) -> Result<(), String> {

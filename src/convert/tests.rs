@@ -318,18 +318,9 @@ fn system_columns_follow_the_source_columns_with_the_given_values() {
 fn existing_schema_keeps_its_order_and_empty_batches_work() {
     let existing = TableSchema {
         columns: vec![
-            Column {
-                name: "id".into(),
-                ty: ColType::Int64,
-            },
-            Column {
-                name: "z".into(),
-                ty: ColType::Float64,
-            },
-            Column {
-                name: "a".into(),
-                ty: ColType::Json,
-            },
+            Column::new("id", ColType::Int64),
+            Column::new("z", ColType::Float64),
+            Column::new("a", ColType::Json),
         ],
     };
     let mut conv = Converter::new(existing.clone());
@@ -351,34 +342,143 @@ fn existing_schema_keeps_its_order_and_empty_batches_work() {
 }
 
 #[test]
-fn reserved_names_and_bad_schemas_are_errors_that_change_nothing() {
+fn bad_schemas_are_errors_that_change_nothing() {
+    let bad = TableSchema {
+        columns: vec![Column::new("x", ColType::Utf8)],
+    };
+    let mut conv = Converter::new(bad.clone());
+    let err = conv.convert(&[rec(1, json!({}))], &sys()).unwrap_err();
+    assert!(matches!(err, ConvertError::BadSchema { .. }), "{err}");
+    assert_eq!(conv.schema(), &bad);
+}
+
+/// Field names that are not identifiers become columns: kept as sent where DuckDB can hold them
+/// apart, renamed by the documented rule where it cannot, and the rename is recorded.
+#[test]
+fn weird_field_names_become_columns_by_the_naming_rule() {
+    let long = "x".repeat(200);
     let mut conv = Converter::new(TableSchema::default());
-    conv.convert(&[rec(1, json!({"a": 1}))], &sys()).unwrap();
-    let before = conv.schema().clone();
-    let err = conv
+    let fields = json!({
+        "subject": "lower",
+        "Subject": "upper",
+        "SUBJECT": "shout",
+        "with space": 1,
+        "quote\"d": 2,
+        "it's": 3,
+        "select": 4,
+        "order": 5,
+        long.clone(): 6,
+        "_hw_op": "source op",
+        "_HW_new": 7,
+        "": 8,
+        "nul\u{0}name": 9,
+        "ID": 10,
+        "rowid": 11,
+        "Synced_Date": 12,
+    });
+    let (b, ch) = conv.convert(&[rec(1, fields)], &sys()).unwrap();
+    let name_of = |field: &str| {
+        conv.schema()
+            .columns
+            .iter()
+            .find(|c| c.source_field() == field)
+            .unwrap_or_else(|| panic!("no column for {field:?}"))
+            .name
+            .clone()
+    };
+    for kept in [
+        "subject",
+        "with space",
+        "quote\"d",
+        "it's",
+        "select",
+        "order",
+        long.as_str(),
+    ] {
+        assert_eq!(name_of(kept), kept);
+        assert!(
+            conv.schema()
+                .columns
+                .iter()
+                .any(|c| c.name == kept && c.field.is_none())
+        );
+    }
+    assert_eq!(name_of("Subject"), "Subject__2");
+    assert_eq!(name_of("SUBJECT"), "SUBJECT__3");
+    assert_eq!(name_of("_hw_op"), "src_hw_op");
+    assert_eq!(name_of("_HW_new"), "src_HW_new");
+    assert_eq!(name_of(""), "_");
+    assert_eq!(name_of("nul\u{0}name"), "nul\u{FFFD}name");
+    assert_eq!(name_of("ID"), "ID__2");
+    assert_eq!(name_of("rowid"), "rowid__2");
+    assert_eq!(name_of("Synced_Date"), "Synced_Date__2");
+    assert_eq!(cell(&b, "Subject__2", 0), Some(json!("upper")));
+    assert_eq!(cell(&b, "SUBJECT__3", 0), Some(json!("shout")));
+    assert_eq!(cell(&b, "src_hw_op", 0), Some(json!("source op")));
+    assert_eq!(
+        cell(&b, "_hw_op", 0),
+        Some(json!("upsert")),
+        "the system column is untouched"
+    );
+    assert_eq!(cell(&b, &long, 0), Some(json!(6)));
+    // No two columns (system columns included) are equal after case folding.
+    let mut folded: Vec<String> = b.schema().fields().iter().map(|f| fold(f.name())).collect();
+    let n = folded.len();
+    folded.sort();
+    folded.dedup();
+    assert_eq!(folded.len(), n, "{:?}", b.schema());
+    // The renames are recorded with their reason, and lake readers see the source name.
+    let c = change(&ch, "Subject__2");
+    assert!(
+        c.reason.contains("\"Subject\"") && c.reason.contains("case is ignored"),
+        "{}",
+        c.reason
+    );
+    assert!(change(&ch, "src_hw_op").reason.contains("reserved"));
+    let f = b.schema().field_with_name("Subject__2").unwrap().clone();
+    assert_eq!(f.metadata()[FIELD_METADATA_KEY], "Subject");
+    assert!(
+        !b.schema()
+            .field_with_name("subject")
+            .unwrap()
+            .metadata()
+            .contains_key(FIELD_METADATA_KEY)
+    );
+}
+
+/// The field → column mapping is part of the saved schema: a later run (a new converter from
+/// the stored schema) puts `Subject` into the same column, and a literal `Subject__2` field that
+/// arrives later does not take it over.
+#[test]
+fn renamed_columns_keep_their_field_across_runs() {
+    let mut conv = Converter::new(TableSchema::default());
+    conv.convert(&[rec(1, json!({"subject": "a", "Subject": "b"}))], &sys())
+        .unwrap();
+    let saved = serde_json::to_string(conv.schema()).unwrap();
+    assert!(saved.contains("\"field\":\"Subject\""), "{saved}");
+    let plain = serde_json::to_string(&TableSchema {
+        columns: vec![Column::new("id", ColType::Int64)],
+    })
+    .unwrap();
+    assert!(
+        !plain.contains("field"),
+        "unrenamed columns carry no field: {plain}"
+    );
+
+    let mut next = Converter::new(serde_json::from_str(&saved).unwrap());
+    let (b, ch) = next
         .convert(
-            &[
-                rec(2, json!({"a": "x", "b": 1})),
-                rec(3, json!({"_hw_op": "x"})),
-            ],
+            &[rec(
+                2,
+                json!({"Subject": "c", "subject": "d", "Subject__2": "e"}),
+            )],
             &sys(),
         )
-        .unwrap_err();
-    assert!(
-        matches!(&err, ConvertError::ReservedColumn { column, record_id: 3 } if column == "_hw_op")
-    );
-    assert_eq!(conv.schema(), &before);
-
-    let bad = TableSchema {
-        columns: vec![Column {
-            name: "x".into(),
-            ty: ColType::Utf8,
-        }],
-    };
-    let err = Converter::new(bad)
-        .convert(&[rec(1, json!({}))], &sys())
-        .unwrap_err();
-    assert!(matches!(err, ConvertError::BadSchema { .. }), "{err}");
+        .unwrap();
+    assert_eq!(cell(&b, "Subject__2", 0), Some(json!("c")));
+    assert_eq!(cell(&b, "subject", 0), Some(json!("d")));
+    assert_eq!(cell(&b, "Subject__2__2", 0), Some(json!("e")));
+    assert_eq!(ch.len(), 1, "{ch:?}");
 }
 
 // ---- property test: every value round-trips ----

@@ -91,6 +91,16 @@ pub enum LakeError {
         #[source]
         source: Box<object_store::Error>,
     },
+    #[error(
+        "the lake at {url} is on a read-only file system (writing {key}): {source}; remount it \
+         read-write or point [lake] url at a writable folder, then rerun"
+    )]
+    ReadOnly {
+        url: String,
+        key: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
     #[error("no space left writing {key} to the lake at {url}; free disk space and rerun")]
     DiskFull {
         url: String,
@@ -448,6 +458,9 @@ impl Lake {
             _ => match kind {
                 Some(std::io::ErrorKind::PermissionDenied) => {
                     LakeError::PermissionDenied { url, key, source }
+                }
+                Some(std::io::ErrorKind::ReadOnlyFilesystem) => {
+                    LakeError::ReadOnly { url, key, source }
                 }
                 Some(std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) => {
                     LakeError::DiskFull { url, key, source }

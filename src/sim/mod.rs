@@ -365,6 +365,22 @@ impl Sim {
         }
     }
 
+    /// Stores `body` byte for byte as the row keyed `(ts, id)`: searches sort and filter it by that
+    /// key and serve `body` unchanged inside `results`, whatever it holds — a record without `id`
+    /// or with a different one, a lone surrogate escape, raw control bytes, something that is not
+    /// an object. For the bad-input tests: a proxy or plugin between Cerb and the client.
+    pub fn insert_raw_body(
+        &self,
+        rtype: &str,
+        id: i64,
+        ts: Option<i64>,
+        body: impl Into<bytes::Bytes>,
+    ) {
+        if let Some(mut t) = self.table(rtype) {
+            t.put_bytes(id, ts, body.into());
+        }
+    }
+
     /// Changes fields; `bump_updated` sets the timestamp key to now (Cerb's API PUT on tickets does not).
     pub fn update(
         &self,

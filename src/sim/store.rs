@@ -228,6 +228,19 @@ impl Table {
         self.dirty = true;
     }
 
+    /// Stores `bytes` verbatim as row `id` with indexed timestamp `ts` (a row whose body Cerb
+    /// would never send: no `id`, a lone surrogate, not an object).
+    pub fn put_bytes(&mut self, id: i64, ts: Option<i64>, bytes: Bytes) {
+        self.rows.insert(
+            id,
+            RowMeta {
+                ts,
+                body: Body::Stored(bytes),
+            },
+        );
+        self.dirty = true;
+    }
+
     pub fn remove(&mut self, id: i64) -> bool {
         let gone = self.rows.remove(&id).is_some();
         self.dirty |= gone;

@@ -7,10 +7,13 @@
 //! or below the horizon. A page that breaks it fails the run; it is never retried in a loop.
 
 pub mod cerb;
+pub mod text;
 
 use std::time::Duration;
 
-use crate::model::{Cursor, CursorMode, Record};
+pub use text::{RawRecord, Repairs};
+
+use crate::model::{Cursor, CursorMode, Record, Reject};
 
 /// One validated page of records.
 #[derive(Debug)]
@@ -18,6 +21,8 @@ pub struct Page {
     /// 1-based number of the page within this walk (for messages).
     pub number: u64,
     pub records: Vec<Record>,
+    /// Records that cannot be loaded (no usable id, not a JSON object); see [`validate_page`].
+    pub rejects: Vec<Reject>,
     /// The key of the last record: the cursor once this page is committed.
     pub last: Cursor,
     /// HTTP requests this page took, retries included.
@@ -123,30 +128,113 @@ pub fn parse_int(v: &serde_json::Value) -> Option<i64> {
     }
 }
 
+/// A page checked against the cursor contract: the records to load, the ones to reject.
+#[derive(Debug, Default)]
+pub struct Validated {
+    pub records: Vec<Record>,
+    pub rejects: Vec<Reject>,
+}
+
 /// Check one page against the cursor contract and turn its objects into [`Record`]s.
+///
+/// A record without a usable `id` (missing, null, not an integer or numeric string, or not
+/// positive: Cerb ids start at 1) cannot be ordered by the keyset, so it cannot be loaded; it is
+/// returned as a [`Reject`] and the rest of the page is checked as if it were not there. The
+/// cursor then moves to the page's last loadable key, which the source's own sort puts after the
+/// rejected record or in the same second — the keyset query reads on from there either way. A
+/// rejected record that does carry a cursor timestamp must still respect the window (not past
+/// the horizon, not before the previous record's second): a source that breaks that has ignored
+/// the query, and the page fails as for any record. A full page with nothing loadable on it would
+/// give the cursor nowhere to go: that fails the run (never a loop). A short page with nothing
+/// loadable is the last page of the window, and the walk ends normally.
+///
+/// A record with a usable id but no usable cursor field is a contract violation, not a reject: it
+/// is nearly always a wrong `cursor_field` in the config, and rejecting every record of a stream
+/// would pass the cursor over data that a fixed config would load.
 pub fn validate_page(
     walk: &Walk,
     page: u64,
     after: Cursor,
-    objects: Vec<serde_json::Map<String, serde_json::Value>>,
-) -> Result<Vec<Record>, SourceError> {
+    objects: Vec<RawRecord>,
+) -> Result<Validated, SourceError> {
     let bad = |reason: String| SourceError::InvalidPage {
         stream: walk.stream.clone(),
         page,
         reason,
     };
-    let mut out = Vec::with_capacity(objects.len());
+    let total = objects.len();
+    let mut out = Validated {
+        records: Vec::with_capacity(total),
+        rejects: Vec::new(),
+    };
     let mut prev = after;
-    for (i, fields) in objects.into_iter().enumerate() {
+    for (i, item) in objects.into_iter().enumerate() {
+        let n = i + 1;
+        let (fields, repairs) = match item {
+            RawRecord::Object { fields, repairs } => (fields, repairs),
+            RawRecord::Unparsable { raw, reason } => {
+                out.rejects.push(Reject {
+                    record_id: None,
+                    raw,
+                    reason: format!("page {page} record #{n}: {reason}"),
+                });
+                continue;
+            }
+        };
         let id = match fields.get("id") {
-            Some(v) => parse_int(v).ok_or_else(|| {
-                bad(format!(
-                    "record #{} has an id that is not an integer: {}",
-                    i + 1,
-                    crate::util::snippet(&v.to_string(), 60)
-                ))
-            })?,
-            None => return Err(bad(format!("record #{} has no `id` field", i + 1))),
+            Some(v) => match parse_int(v) {
+                Some(id) if id > 0 => Ok(id),
+                Some(id) => Err((
+                    Some(id.to_string()),
+                    format!("page {page} record #{n}: id {id} is not a Cerb id (ids start at 1)"),
+                )),
+                None => Err((
+                    (!v.is_null()).then(|| {
+                        v.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| v.to_string())
+                    }),
+                    format!(
+                        "page {page} record #{n}: `id` is not an integer: {}",
+                        crate::util::snippet(&v.to_string(), 60)
+                    ),
+                )),
+            },
+            None => Err((
+                None,
+                format!("page {page} record #{n}: the record has no `id` field"),
+            )),
+        };
+        let id = match id {
+            Ok(id) => id,
+            Err((record_id, reason)) => {
+                if walk.mode == CursorMode::UpdatedId
+                    && let Some(updated) = fields.get(&walk.cursor_field).and_then(parse_int)
+                {
+                    if updated > walk.horizon {
+                        return Err(bad(format!(
+                            "record #{n} (no usable id) is dated {updated}, past the window end {}: the source ignored the range",
+                            walk.horizon
+                        )));
+                    }
+                    if updated < prev.updated {
+                        return Err(bad(format!(
+                            "record #{n} (no usable id) is dated {updated}, before {prev}: the source ignored the sort"
+                        )));
+                    }
+                }
+                if !repairs.is_empty() {
+                    tracing::warn!(stream = %walk.stream, page, record = n, repairs = %repairs,
+                        "record text repaired (record rejected, see below)");
+                }
+                let raw = serde_json::to_string(&fields).unwrap_or_default();
+                out.rejects.push(Reject {
+                    record_id,
+                    raw,
+                    reason,
+                });
+                continue;
+            }
         };
         let updated = match walk.mode {
             CursorMode::Id => 0,
@@ -170,7 +258,7 @@ pub fn validate_page(
         };
         let key = Cursor::new(updated, id);
         if key <= prev {
-            return Err(bad(if i == 0 {
+            return Err(bad(if prev == after {
                 format!(
                     "the first record {key} is not after the cursor {after}: the source ignored the keyset filter"
                 )
@@ -187,12 +275,25 @@ pub fn validate_page(
                 walk.horizon
             )));
         }
+        if !repairs.is_empty() {
+            // Once per record, with its id: the policy is in `text`.
+            tracing::warn!(stream = %walk.stream, page, record_id = id, repairs = %repairs,
+                "record text repaired by the text policy");
+        }
         prev = key;
-        out.push(Record {
+        out.records.push(Record {
             id,
             updated,
             fields,
         });
+    }
+    if out.records.is_empty() && !out.rejects.is_empty() && total >= walk.page_size as usize {
+        return Err(bad(format!(
+            "none of the {total} records on this full page can be loaded (the first: {}); the cursor \
+             cannot move past them, so the run stops instead of asking for the same page again. \
+             Fix these records at the source (if they are fewer than 500 in a row, a larger page_size also gets past them)",
+            out.rejects[0].reason
+        )));
     }
     Ok(out)
 }
@@ -215,11 +316,14 @@ mod tests {
         }
     }
 
-    fn objs(v: serde_json::Value) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    fn objs(v: serde_json::Value) -> Vec<RawRecord> {
         v.as_array()
             .unwrap()
             .iter()
-            .map(|o| o.as_object().unwrap().clone())
+            .map(|o| RawRecord::Object {
+                fields: o.as_object().unwrap().clone(),
+                repairs: Repairs::default(),
+            })
             .collect()
     }
 
@@ -231,7 +335,8 @@ mod tests {
             Cursor::new(10, 5),
             objs(json!([{"id": 6, "updated": 10}, {"id": "9", "updated": 11}, {"id": "10", "updated": 11}])),
         )
-        .unwrap();
+        .unwrap()
+        .records;
         let keys: Vec<_> = recs.iter().map(|r| r.key()).collect();
         assert_eq!(
             keys,
@@ -275,18 +380,122 @@ mod tests {
     }
 
     #[test]
-    fn rejects_missing_or_bad_ids() {
-        let e =
-            validate_page(&walk(), 1, Cursor::START, objs(json!([{"updated": 12}]))).unwrap_err();
-        assert!(e.to_string().contains("no `id`"), "{e}");
+    fn records_without_a_usable_id_are_rejected_and_the_rest_validated() {
+        let mut w = walk();
+        w.page_size = 10;
+        let v = validate_page(
+            &w,
+            2,
+            Cursor::new(10, 5),
+            objs(json!([
+                {"id": 6, "updated": 10},
+                {"updated": 11},
+                {"id": null, "updated": 11},
+                {"id": "x1", "updated": 11},
+                {"id": 0, "updated": 11},
+                {"id": -3},
+                {"id": 4.5, "updated": 12},
+                {"id": 7, "updated": 12},
+            ])),
+        )
+        .unwrap();
+        let keys: Vec<_> = v.records.iter().map(|r| r.key()).collect();
+        assert_eq!(keys, vec![Cursor::new(10, 6), Cursor::new(12, 7)]);
+        let ids: Vec<_> = v.rejects.iter().map(|r| r.record_id.clone()).collect();
+        assert_eq!(
+            ids,
+            vec![
+                None,
+                None,
+                Some("x1".into()),
+                Some("0".into()),
+                Some("-3".into()),
+                Some("4.5".into())
+            ]
+        );
+        assert!(
+            v.rejects[0].reason.contains("page 2 record #2")
+                && v.rejects[0].reason.contains("no `id`")
+        );
+        assert!(
+            v.rejects[3].reason.contains("ids start at 1"),
+            "{}",
+            v.rejects[3].reason
+        );
+        assert!(v.rejects[2].raw.contains("\"x1\""), "{}", v.rejects[2].raw);
+    }
+
+    #[test]
+    fn a_rejected_record_must_still_sit_inside_the_window() {
         let e = validate_page(
             &walk(),
             1,
-            Cursor::START,
-            objs(json!([{"id": "x1", "updated": 12}])),
+            Cursor::new(10, 5),
+            objs(json!([{"updated": 101}])),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("not an integer"), "{e}");
+        assert!(e.to_string().contains("past the window end"), "{e}");
+        let e = validate_page(
+            &walk(),
+            1,
+            Cursor::new(10, 5),
+            objs(json!([{"id": 8, "updated": 12}, {"updated": 11}])),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("ignored the sort"), "{e}");
+    }
+
+    #[test]
+    fn a_page_of_nothing_but_rejects_ends_the_walk_when_short_and_fails_when_full() {
+        let mut w = walk();
+        w.page_size = 3;
+        let short = validate_page(
+            &w,
+            4,
+            Cursor::new(10, 5),
+            objs(json!([{"updated": 12}, {"id": "?"}])),
+        )
+        .unwrap();
+        assert!(short.records.is_empty());
+        assert_eq!(short.rejects.len(), 2);
+        let e = validate_page(
+            &w,
+            4,
+            Cursor::new(10, 5),
+            objs(json!([{"updated": 12}, {"id": "?"}, {"id": null}])),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("none of the 3 records"), "{e}");
+        assert!(!e.is_transient());
+    }
+
+    #[test]
+    fn elements_that_are_not_objects_are_rejected_with_their_text() {
+        let v = validate_page(
+            &walk(),
+            1,
+            Cursor::new(10, 5),
+            vec![
+                RawRecord::Unparsable {
+                    raw: "[1,2]".into(),
+                    reason: "the record is an array, not a JSON object".into(),
+                },
+                RawRecord::Object {
+                    fields: json!({"id": 9, "updated": 11}).as_object().unwrap().clone(),
+                    repairs: Repairs::default(),
+                },
+            ],
+        )
+        .unwrap();
+        assert_eq!(v.records.len(), 1);
+        assert_eq!(v.rejects[0].raw, "[1,2]");
+        assert!(v.rejects[0].reason.contains("record #1"));
+    }
+
+    #[test]
+    fn a_missing_cursor_field_is_still_a_contract_violation() {
+        let e = validate_page(&walk(), 1, Cursor::START, objs(json!([{"id": 3}]))).unwrap_err();
+        assert!(e.to_string().contains("no `updated` field"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use duckdb::{Connection, params};
 
 use super::state::{FileRow, read_cursor, table_exists};
 use super::{Result, Warehouse, WarehouseError, quote_ident};
-use crate::model::{ColType, Cursor, SYSTEM_COLUMNS, SchemaChange, TableSchema};
+use crate::model::{ColType, Cursor, Reject, SYSTEM_COLUMNS, SchemaChange, TableSchema};
 
 const STAGE: &str = "_hw_stage";
 
@@ -56,11 +56,26 @@ fn stage_type(dt: &DataType) -> Option<&'static str> {
 impl Warehouse {
     /// Commit one checkpoint in one transaction (see the module docs).
     pub fn commit_checkpoint(&self, cp: &Checkpoint<'_>) -> Result<CommitStats> {
+        self.commit_checkpoint_with(cp, &[])
+    }
+
+    /// [`Warehouse::commit_checkpoint`], and the records this checkpoint's pages rejected, kept in
+    /// `highwater.rejects` in the same transaction: they are recorded exactly when the cursor that
+    /// passes them is.
+    pub fn commit_checkpoint_with(
+        &self,
+        cp: &Checkpoint<'_>,
+        rejects: &[Reject],
+    ) -> Result<CommitStats> {
         let _serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
         let conn = self.connect()?;
         conn.execute_batch("BEGIN TRANSACTION")
             .map_err(|e| self.db_err("begin", e))?;
-        let stats = match self.merge(&conn, cp) {
+        let stats = match self.merge(&conn, cp).and_then(|s| {
+            insert_rejects(&conn, cp.stream, cp.run_id, rejects)
+                .map(|()| s)
+                .map_err(|e| self.db_err("record rejected records", e))
+        }) {
             Ok(s) => s,
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -252,6 +267,23 @@ impl Warehouse {
     }
 }
 
+/// Keep rejected records (inside the caller's transaction).
+pub(crate) fn insert_rejects(
+    c: &Connection,
+    stream: &str,
+    run_id: &str,
+    rejects: &[Reject],
+) -> duckdb::Result<()> {
+    if rejects.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = c.prepare("INSERT INTO highwater.rejects VALUES (?, ?, ?, ?, ?, now())")?;
+    for r in rejects {
+        stmt.execute(params![stream, run_id, r.record_id, r.raw, r.reason])?;
+    }
+    Ok(())
+}
+
 /// Create the stream's table, or add and widen columns to match `schema`.
 pub(crate) fn apply_schema(
     c: &Connection,
@@ -346,6 +378,7 @@ pub(crate) fn table_columns(c: &Connection, stream: &str) -> duckdb::Result<Tabl
         .filter(|(n, _)| !n.starts_with("_hw_"))
         .map(|(name, ty)| crate::model::Column {
             name,
+            field: None,
             ty: match ty.as_str() {
                 "BOOLEAN" => ColType::Bool,
                 "BIGINT" => ColType::Int64,

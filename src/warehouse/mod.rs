@@ -63,7 +63,7 @@ pub enum WarehouseError {
     Missing(String),
     #[error("warehouse {path}: {message}")]
     Invalid { path: String, message: String },
-    #[error("warehouse {path}: {source}")]
+    #[error("warehouse {path}: {source}{}", storage_hint(&.source.to_string()).map(|h| format!("; {h}")).unwrap_or_default())]
     Io {
         path: String,
         source: std::io::Error,
@@ -156,10 +156,15 @@ impl Warehouse {
     }
 
     pub(crate) fn db_err(&self, context: &str, e: impl std::fmt::Display) -> WarehouseError {
+        let mut message = e.to_string();
+        if let Some(hint) = storage_hint(&message) {
+            message.push_str("; ");
+            message.push_str(hint);
+        }
         WarehouseError::Db {
             path: self.display(),
             context: context.to_string(),
-            message: e.to_string(),
+            message,
         }
     }
 
@@ -238,6 +243,31 @@ impl Warehouse {
                 Err(e)
             }
         }
+    }
+}
+
+/// What the operator can do about an I/O failure DuckDB reports (its messages carry the OS error
+/// text). A failed statement or commit rolls the transaction back, so the cursor stays with the
+/// last commit that succeeded.
+fn storage_hint(msg: &str) -> Option<&'static str> {
+    let m = msg.to_ascii_lowercase();
+    if m.contains("no space left") || m.contains("disk full") || m.contains("disk quota") {
+        Some(
+            "the file system holding the warehouse is full: free space there (or move [warehouse] path) \
+             and rerun; nothing of this transaction was committed",
+        )
+    } else if m.contains("read-only file system") {
+        Some(
+            "the warehouse is on a read-only file system: remount it read-write or point [warehouse] \
+             path at a writable place, then rerun",
+        )
+    } else if m.contains("permission denied") || m.contains("operation not permitted") {
+        Some(
+            "highwater cannot write the warehouse file or its folder: check owner, mode and \
+             `lsattr` (immutable flag), or point [warehouse] path elsewhere, then rerun",
+        )
+    } else {
+        None
     }
 }
 

@@ -322,7 +322,15 @@ impl Warehouse {
     /// Record the end of a run, and its final cursor in the same transaction. The cursor never
     /// moves backwards.
     pub fn finish_run(&self, f: &RunFinish) -> Result<()> {
+        self.finish_run_with(f, &[])
+    }
+
+    /// [`Warehouse::finish_run`], and rejected records not yet kept by a checkpoint, in the same
+    /// transaction as the final cursor that passes them.
+    pub fn finish_run_with(&self, f: &RunFinish, rejects: &[crate::model::Reject]) -> Result<()> {
         self.in_tx("record the end of a run", |c| {
+            super::commit::insert_rejects(c, &f.stream, &f.run_id, rejects)
+                .map_err(|e| self.db_err("record rejected records", e))?;
             let mut after = read_cursor(c, &f.stream).map_err(|e| self.db_err("read cursor", e))?;
             if let Some(fin) = f.final_cursor
                 && after.is_none_or(|cur| fin > cur)
@@ -429,7 +437,8 @@ impl Warehouse {
         })
     }
 
-    /// Keep a source record that could not be loaded.
+    /// Keep a source record that could not be loaded (outside any checkpoint: the sync job keeps
+    /// its rejects with [`Warehouse::commit_checkpoint_with`] / [`Warehouse::finish_run_with`]).
     pub fn record_reject(
         &self,
         stream: &str,
@@ -438,13 +447,14 @@ impl Warehouse {
         raw: &str,
         reason: &str,
     ) -> Result<()> {
+        let r = crate::model::Reject {
+            record_id: record_id.map(str::to_string),
+            raw: raw.to_string(),
+            reason: reason.to_string(),
+        };
         self.with_conn("record a rejected record", |c| {
-            c.execute(
-                "INSERT INTO highwater.rejects VALUES (?, ?, ?, ?, ?, now())",
-                params![stream, run_id, record_id, raw, reason],
-            )
-        })?;
-        Ok(())
+            super::commit::insert_rejects(c, stream, run_id, std::slice::from_ref(&r))
+        })
     }
 
     /// Per stream: cursor, row counts, the last sync and the last reconcile.

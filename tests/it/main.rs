@@ -1,5 +1,6 @@
 //! One integration-test binary; each module is one area.
 
+mod badinput;
 mod cli;
 mod lake_s3;
 mod reconcile;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use serde::Deserialize;
 
+use super::text::{RawRecord, parse_envelope};
 use super::{Page, SourceError, Walk, validate_page};
 use crate::config::{Secret, SourceConfig};
 use crate::model::{Cursor, CursorMode};
@@ -36,24 +36,12 @@ struct Inner {
 
 /// What one search returned.
 struct SearchResult {
-    results: Vec<serde_json::Map<String, serde_json::Value>>,
+    results: Vec<RawRecord>,
     server_time: Option<i64>,
     requests: u64,
     retries: u64,
     wait: Duration,
     bytes: u64,
-}
-
-#[derive(Deserialize)]
-struct Envelope {
-    #[serde(rename = "__status")]
-    status: Option<String>,
-    #[serde(rename = "__error")]
-    error: Option<String>,
-    message: Option<String>,
-    #[serde(default)]
-    results: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
-    total: Option<i64>,
 }
 
 impl CerbSource {
@@ -130,6 +118,7 @@ impl CerbSource {
                         number: st.page + 1,
                         last: st.after,
                         records: Vec::new(),
+                        rejects: Vec::new(),
                         requests: 0,
                         retries: 0,
                         wait: Duration::ZERO,
@@ -144,11 +133,12 @@ impl CerbSource {
                 .search(&st.walk.record_type, &q, st.walk.page_size)
                 .await;
             let item = res.and_then(|r| {
-                let records = validate_page(&st.walk, st.page, st.after, r.results)?;
+                let v = validate_page(&st.walk, st.page, st.after, r.results)?;
                 Ok(Page {
                     number: st.page,
-                    last: records.last().map(|r| r.key()).unwrap_or(st.after),
-                    records,
+                    last: v.records.last().map(|r| r.key()).unwrap_or(st.after),
+                    records: v.records,
+                    rejects: v.rejects,
                     requests: r.requests,
                     retries: r.retries,
                     wait: r.wait,
@@ -243,7 +233,7 @@ impl CerbSource {
             .map(|d| d.as_secs() as i64);
         let body = resp.bytes().await.map_err(|e| transport(url, e))?;
         if status == 401 {
-            let message = serde_json::from_slice::<Envelope>(&body)
+            let message = parse_envelope(&body)
                 .ok()
                 .and_then(|e| e.message)
                 .unwrap_or_else(|| crate::util::snippet(&String::from_utf8_lossy(&body), 200));
@@ -263,7 +253,8 @@ impl CerbSource {
                     .and_then(parse_retry_after),
             });
         }
-        let env: Envelope = serde_json::from_slice(&body).map_err(|e| SourceError::BadBody {
+        // One bad record does not make the body bad: see `source::text`.
+        let env = parse_envelope(&body).map_err(|e| SourceError::BadBody {
             url: url.to_string(),
             message: format!(
                 "{e} (body starts {:?})",
