@@ -438,13 +438,12 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
                     outcome = Err(("convert", m, Outcome::Failed));
                     break;
                 }
-                if st.buffer.len() >= p.cfg.sync.checkpoint_rows
-                    || st.last_checkpoint.elapsed() >= p.cfg.sync.checkpoint_interval
+                if (st.buffer.len() >= p.cfg.sync.checkpoint_rows
+                    || st.last_checkpoint.elapsed() >= p.cfg.sync.checkpoint_interval)
+                    && let Err((stage, m)) = checkpoint(&mut st).await
                 {
-                    if let Err((stage, m)) = checkpoint(&mut st).await {
-                        outcome = Err((stage, m, Outcome::Failed));
-                        break;
-                    }
+                    outcome = Err((stage, m, Outcome::Failed));
+                    break;
                 }
             }
         }
@@ -454,10 +453,11 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
 
     // Everything fetched before a fetch error (rate limit, a bad page later on) is still good: land it.
     let fetch_failed = matches!(&outcome, Err(("fetch", _, _)));
-    if (outcome.is_ok() || fetch_failed) && !st.buffer.is_empty() {
-        if let Err((stage, m)) = checkpoint(&mut st).await {
-            outcome = Err((stage, m, Outcome::Failed));
-        }
+    if (outcome.is_ok() || fetch_failed)
+        && !st.buffer.is_empty()
+        && let Err((stage, m)) = checkpoint(&mut st).await
+    {
+        outcome = Err((stage, m, Outcome::Failed));
     }
 
     // Rejects still pending were read after the last checkpoint: they are kept with the final

@@ -90,10 +90,10 @@ impl Warehouse {
         })?;
         // The analyst view follows the table's columns; it is derived data, so a failure here is
         // reported and never undoes the commit.
-        if !cp.schema_changes.is_empty() || !view_exists(&conn, cp.stream).unwrap_or(false) {
-            if let Err(e) = refresh_view(&conn, cp.stream, cp.record_type) {
-                tracing::warn!(stream = cp.stream, error = %e, "analyst view not refreshed");
-            }
+        if (!cp.schema_changes.is_empty() || !view_exists(&conn, cp.stream).unwrap_or(false))
+            && let Err(e) = refresh_view(&conn, cp.stream, cp.record_type)
+        {
+            tracing::warn!(stream = cp.stream, error = %e, "analyst view not refreshed");
         }
         Ok(stats)
     }

@@ -463,7 +463,8 @@ impl Warehouse {
             let mut stmt = c.prepare(
                 "SELECT name, record_type, cursor_updated, cursor_id, schema_version FROM highwater.streams ORDER BY name",
             )?;
-            let streams: Vec<(String, String, Option<i64>, Option<i64>, i32)> = stmt
+            type Row = (String, String, Option<i64>, Option<i64>, i32);
+            let streams: Vec<Row> = stmt
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
                 .collect::<duckdb::Result<_>>()?;
             let mut out = Vec::new();
