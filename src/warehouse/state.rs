@@ -232,7 +232,7 @@ impl Warehouse {
     /// the schema from the table's columns, instead of silently starting from zero. Rows of that
     /// last second are read again and merged, which is harmless.
     fn derive_state(&self, stream: &str, mode: CursorMode, cursor_field: &str) -> Result<StreamState> {
-        self.with_conn("re-derive stream state from the table", |c| {
+        self.with_conn("re-derive stream state from the table", |c| -> duckdb::Result<StreamState> {
             if !table_exists(c, stream)? {
                 return Ok(StreamState::default());
             }
