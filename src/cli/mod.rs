@@ -1,5 +1,6 @@
 //! Command-line interface: one file per command. Results go to stdout, logs (tracing) to stderr.
-//! Exit codes: 0 ok, 1 a job failed, 2 bad config or usage.
+//! Exit codes: 0 ok, 1 a job failed, 2 bad config or usage, 3 a sync stopped early because the
+//! source rate-limits it (everything fetched so far is committed; run again later).
 
 mod bench;
 mod check;
@@ -16,10 +17,19 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "highwater", version, about = "Incremental loader: Cerb → Parquet lake → DuckDB warehouse")]
+#[command(
+    name = "highwater",
+    version,
+    about = "Incremental loader: Cerb → Parquet lake → DuckDB warehouse"
+)]
 pub struct Cli {
     /// Config file.
-    #[arg(long, global = true, default_value = "highwater.toml", env = "HIGHWATER_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "highwater.toml",
+        env = "HIGHWATER_CONFIG"
+    )]
     pub config: PathBuf,
     /// Log format on stderr.
     #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
@@ -71,6 +81,10 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 pub type CmdResult = Result<(), Failure>;
 
+/// `highwater sync` stopped because the source asked to wait longer than `max_retry_after_secs`
+/// (or kept answering 429); no stream failed otherwise.
+pub const EXIT_RATE_LIMITED: u8 = 3;
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -81,7 +95,10 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(&cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -123,7 +140,8 @@ async fn run(cli: Cli) -> CmdResult {
 
 fn init_logging(format: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HIGHWATER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("HIGHWATER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

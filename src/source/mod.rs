@@ -58,10 +58,16 @@ pub enum SourceError {
         body: String,
         retry_after: Option<Duration>,
     },
-    #[error(
-        "{url} refused the credentials (HTTP 401: {message}); check source.token (a Cerb OAuth2 bearer token with scope api:read-only)"
-    )]
-    Unauthorized { url: String, message: String },
+    #[error("{url} refused the credentials (HTTP 401: {message}); {hint}")]
+    Unauthorized {
+        url: String,
+        message: String,
+        /// What to check, for the configured auth scheme.
+        hint: String,
+    },
+    /// Getting or keeping credentials failed (token file, token endpoint). Never carries a secret.
+    #[error("{message}")]
+    Credentials { message: String },
     #[error("Cerb reported an error for {url}: {message}{}", .code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
     Cerb {
         url: String,
@@ -92,6 +98,10 @@ pub enum SourceError {
         attempts: u32,
         last: Box<SourceError>,
     },
+    #[error(
+        "the run spent its retry budget (source.max_retries_per_run = {budget}) on a flaky source; last error: {last}"
+    )]
+    RetryBudget { budget: u32, last: Box<SourceError> },
 }
 
 impl SourceError {
@@ -99,13 +109,31 @@ impl SourceError {
     pub fn is_transient(&self) -> bool {
         match self {
             SourceError::Transport { transient, .. } => *transient,
-            SourceError::Http { status, .. } => *status == 429 || *status >= 500,
+            // 501 and 505 say the server will never do it; every other 5xx may pass.
+            SourceError::Http { status, .. } => {
+                matches!(*status, 408 | 425 | 429)
+                    || (*status >= 500 && !matches!(*status, 501 | 505))
+            }
             SourceError::QueryTimeout { .. } | SourceError::BadBody { .. } => true,
             SourceError::Unauthorized { .. }
+            | SourceError::Credentials { .. }
             | SourceError::Cerb { .. }
             | SourceError::RateLimited { .. }
             | SourceError::InvalidPage { .. }
-            | SourceError::RetriesExhausted { .. } => false,
+            | SourceError::RetriesExhausted { .. }
+            | SourceError::RetryBudget { .. } => false,
+        }
+    }
+
+    /// The source is throttling us: a `Retry-After` above the cap, or retries spent on 429s. Such
+    /// a run ends as `rate_limited` (everything fetched so far committed), not `failed`.
+    pub fn is_rate_limited(&self) -> bool {
+        match self {
+            SourceError::RateLimited { .. } => true,
+            SourceError::RetriesExhausted { last, .. } | SourceError::RetryBudget { last, .. } => {
+                matches!(**last, SourceError::Http { status: 429, .. })
+            }
+            _ => false,
         }
     }
 }
@@ -241,8 +269,13 @@ mod tests {
 
     #[test]
     fn rejects_rows_at_or_below_cursor() {
-        let e = validate_page(&walk(), 3, Cursor::new(10, 5), objs(json!([{"id": 5, "updated": 10}])))
-            .unwrap_err();
+        let e = validate_page(
+            &walk(),
+            3,
+            Cursor::new(10, 5),
+            objs(json!([{"id": 5, "updated": 10}])),
+        )
+        .unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("stream tickets, page 3"), "{msg}");
         assert!(msg.contains("not after the cursor"), "{msg}");
@@ -259,17 +292,28 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("not strictly increasing"), "{e}");
-        let e = validate_page(&walk(), 1, Cursor::new(10, 5), objs(json!([{"id": 8, "updated": 101}])))
-            .unwrap_err();
+        let e = validate_page(
+            &walk(),
+            1,
+            Cursor::new(10, 5),
+            objs(json!([{"id": 8, "updated": 101}])),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("past the window end"), "{e}");
     }
 
     #[test]
     fn rejects_missing_or_bad_ids() {
-        let e = validate_page(&walk(), 1, Cursor::START, objs(json!([{"updated": 12}]))).unwrap_err();
+        let e =
+            validate_page(&walk(), 1, Cursor::START, objs(json!([{"updated": 12}]))).unwrap_err();
         assert!(e.to_string().contains("no `id`"), "{e}");
-        let e = validate_page(&walk(), 1, Cursor::START, objs(json!([{"id": "x1", "updated": 12}])))
-            .unwrap_err();
+        let e = validate_page(
+            &walk(),
+            1,
+            Cursor::START,
+            objs(json!([{"id": "x1", "updated": 12}])),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("not an integer"), "{e}");
     }
 
