@@ -2,6 +2,7 @@
 
 mod cli;
 mod reconcile;
+mod reliability;
 mod sim;
 mod sync;
 mod util;
