@@ -206,7 +206,10 @@ async fn scan_and_apply(
         horizon: i64::MAX,
         stream: s.name.clone(),
     };
-    let pages = p.source.pages(walk);
+    // This run's own source handle: it counts every request (failed ones too) and holds the
+    // per-run retry budget.
+    let source = p.source.for_run();
+    let pages = source.pages(walk);
     futures::pin_mut!(pages);
     let mut scan_error = None;
     let mut finished = false;
@@ -222,9 +225,6 @@ async fn scan_and_apply(
             }
         };
         counts.pages += 1;
-        counts.requests += page.requests;
-        counts.retries += page.retries;
-        counts.wait_ms += page.wait.as_millis() as u64;
         if page.records.is_empty() {
             finished = true;
             break;
@@ -269,6 +269,10 @@ async fn scan_and_apply(
         }
     }
     counts.scanned = rep.scanned;
+    let usage = source.usage();
+    counts.requests = usage.requests;
+    counts.retries = usage.retries;
+    counts.wait_ms = usage.wait.as_millis() as u64;
     if scan_error.is_none() && !finished {
         scan_error = Some("the scan ended without reaching the last page".into());
     }

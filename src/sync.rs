@@ -321,11 +321,52 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
     report.cursor_before = cursor.to_string();
     report.cursor_after = cursor.to_string();
 
-    // The window end comes from the server's clock.
-    let server_now = match p.source.probe(&s.record_type, &s.filter).await {
+    // The window end comes from the server's clock. This run's own source handle counts its
+    // requests, retries and waits, and holds its retry budget.
+    let source = p.source.for_run();
+    let server_now = match source.probe(&s.record_type, &s.filter).await {
         Ok(t) => t,
         Err(e) => {
+            // Recorded all the same (no window yet), so `highwater.runs` and `status` show the
+            // failure with its requests and the server's message.
+            let oc = if e.is_rate_limited() {
+                Outcome::RateLimited
+            } else {
+                Outcome::Failed
+            };
             fail(&mut report, "fetch", e.to_string());
+            report.outcome = oc.as_str().to_string();
+            let usage = source.usage();
+            let wh = p.warehouse.clone();
+            let start = RunStart {
+                run_id: run_id.clone(),
+                stream: s.name.clone(),
+                record_type: s.record_type.clone(),
+                cursor_mode: s.cursor,
+                cursor_field: s.cursor_field.clone(),
+                kind: RunKind::Sync,
+                window_end: None,
+                cursor_before: state.cursor,
+            };
+            let fin = RunFinish {
+                run_id: run_id.clone(),
+                stream: s.name.clone(),
+                outcome: oc,
+                error: report.error.clone(),
+                final_cursor: None,
+                counts: RunCounts {
+                    requests: usage.requests,
+                    retries: usage.retries,
+                    wait_ms: usage.wait.as_millis() as u64,
+                    ..RunCounts::default()
+                },
+                details: None,
+            };
+            if let Err(e) =
+                blocking(move || wh.start_run(&start).and_then(|()| wh.finish_run(&fin))).await
+            {
+                tracing::warn!(stream = %s.name, run_id = %run_id, error = %e, "could not record the failed run");
+            }
             return report;
         }
     };
@@ -381,7 +422,7 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
         stream: s.name.clone(),
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<crate::source::Page, SourceError>>(4);
-    let pages = p.source.pages(walk);
+    let pages = source.pages(walk);
     let fetcher = tokio::spawn(async move {
         futures::pin_mut!(pages);
         while let Some(item) = pages.next().await {
@@ -396,7 +437,7 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
     while let Some(item) = rx.recv().await {
         match item {
             Err(e) => {
-                let oc = if matches!(e, SourceError::RateLimited { .. }) {
+                let oc = if e.is_rate_limited() {
                     Outcome::RateLimited
                 } else {
                     Outcome::Failed
@@ -406,9 +447,6 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
             }
             Ok(page) => {
                 st.counts.pages += 1;
-                st.counts.requests += page.requests;
-                st.counts.retries += page.retries;
-                st.counts.wait_ms += page.wait.as_millis() as u64;
                 if let Err(m) = take_rejects(&mut st, page.number, page.rejects) {
                     outcome = Err(("fetch", m, Outcome::Failed));
                     break;
@@ -491,6 +529,11 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
             (*oc, Some(e.to_string()), None)
         }
     };
+    // Requests, retries and waits of the whole run, failed requests included.
+    let usage = source.usage();
+    st.counts.requests = usage.requests;
+    st.counts.retries = usage.retries;
+    st.counts.wait_ms = usage.wait.as_millis() as u64;
     let wh = p.warehouse.clone();
     let fin = RunFinish {
         run_id: run_id.clone(),

@@ -91,8 +91,9 @@ async fn check_source(cfg: &Config) -> Vec<Line> {
             }
             Err(e) => {
                 let fix = match &e {
-                    crate::source::SourceError::Unauthorized { .. } => {
-                        "the token was refused: mint a new one (Setup » Developers » OAuth2 Token Generator, scope api:read-only) and check the ${VAR} it comes from"
+                    crate::source::SourceError::Unauthorized { .. }
+                    | crate::source::SourceError::Credentials { .. } => {
+                        "the credentials were refused: the error says what to check for the configured [source] auth"
                     }
                     crate::source::SourceError::Cerb { .. } => {
                         "Cerb refused the search: check the stream's record_type and filter"

@@ -1,5 +1,6 @@
 //! Command-line interface: one file per command. Results go to stdout, logs (tracing) to stderr.
-//! Exit codes: 0 ok, 1 a job failed, 2 bad config or usage.
+//! Exit codes: 0 ok, 1 a job failed, 2 bad config or usage, 3 a sync stopped early because the
+//! source rate-limits it (everything fetched so far is committed; run again later).
 
 mod bench;
 mod check;
@@ -79,6 +80,10 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 }
 
 pub type CmdResult = Result<(), Failure>;
+
+/// `highwater sync` stopped because the source asked to wait longer than `max_retry_after_secs`
+/// (or kept answering 429); no stream failed otherwise.
+pub const EXIT_RATE_LIMITED: u8 = 3;
 
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

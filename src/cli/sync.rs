@@ -54,12 +54,18 @@ pub async fn run(config: &Path, args: SyncArgs) -> CmdResult {
                     .unwrap_or_else(|| format!("stream {} {}", r.stream, r.outcome))
             })
             .collect();
-        Err(anyhow::anyhow!(
+        let error = anyhow::anyhow!(
             "{} of {} stream(s) did not finish; the cursor stays at the last committed row:\n  {}",
             failed.len(),
             reports.len(),
             msgs.join("\n  ")
-        )
-        .into())
+        );
+        // Only throttled, nothing broken: exit 3, so a scheduler can tell "try later" from a failure.
+        let code = if failed.iter().all(|r| r.outcome == "rate_limited") {
+            super::EXIT_RATE_LIMITED
+        } else {
+            1
+        };
+        Err(super::Failure { code, error })
     }
 }

@@ -58,8 +58,32 @@ struct RawSource {
     kind: Option<String>,
     url: Option<String>,
     token: Option<String>,
+    oauth2: Option<RawOAuth2>,
+    cerb_auth: Option<RawCerbAuth>,
     timeout_secs: Option<f64>,
+    read_timeout_secs: Option<f64>,
     max_retries: Option<u32>,
+    max_retries_per_run: Option<u32>,
+    backoff_base_secs: Option<f64>,
+    backoff_max_secs: Option<f64>,
+    max_retry_after_secs: Option<f64>,
+    requests_per_sec: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOAuth2 {
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    refresh_token_file: Option<String>,
+    token_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCerbAuth {
+    access_key: Option<String>,
+    secret: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,9 +139,58 @@ pub struct Config {
 #[derive(Clone, Debug)]
 pub struct SourceConfig {
     pub url: String,
-    pub token: Secret,
+    pub auth: SourceAuth,
+    /// Whole request, connect to last body byte.
     pub timeout: Duration,
+    /// Longest silence while waiting for the head or any part of the body (a stalled server).
+    pub read_timeout: Duration,
+    /// Retries of one request for transient failures.
     pub max_retries: u32,
+    /// Retries one run (one stream's sync) may spend in total.
+    pub max_retries_per_run: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// A `Retry-After` above this ends the run as rate-limited instead of sleeping.
+    pub max_retry_after: Duration,
+    /// Client-side request rate; `None` = unlimited.
+    pub requests_per_sec: Option<f64>,
+}
+
+/// How requests are authenticated: exactly one scheme per source (CERB_API.md §2).
+#[derive(Clone, Debug)]
+pub enum SourceAuth {
+    /// `Authorization: Bearer <token>`: a long-lived token minted by an admin.
+    Bearer(Secret),
+    /// OAuth2 access tokens obtained with a rotating refresh token kept in a file.
+    OAuth2(OAuth2Config),
+    /// The legacy `Cerb-Auth` md5 request signature.
+    CerbAuth(CerbAuthConfig),
+}
+
+#[derive(Clone, Debug)]
+pub struct OAuth2Config {
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Holds the current refresh token; rewritten atomically (mode 0600) at every rotation.
+    pub refresh_token_file: PathBuf,
+    pub token_url: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct CerbAuthConfig {
+    pub access_key: String,
+    pub secret: Secret,
+}
+
+impl SourceAuth {
+    /// The config key to point users at when the server refuses the credentials.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            SourceAuth::Bearer(_) => "source.token",
+            SourceAuth::OAuth2(_) => "[source.oauth2]",
+            SourceAuth::CerbAuth(_) => "[source.cerb_auth]",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -372,6 +445,253 @@ fn secs(v: f64, key: &str, problems: &mut Vec<String>) -> Duration {
     }
 }
 
+/// A secret value: must be a `${VAR}` reference to a set, non-empty variable.
+fn secret_value(
+    raw: &str,
+    key: &str,
+    env: &BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) -> Secret {
+    if !raw.contains("${") && !raw.is_empty() {
+        problems.push(format!(
+            "{key}: write secrets as ${{VAR}} references, not literally in the file"
+        ));
+        return Secret::default();
+    }
+    let before = problems.len();
+    let v = expand_env(raw, key, env, problems);
+    if v.is_empty() && problems.len() == before {
+        problems.push(format!("{key}: the referenced variable is empty"));
+    }
+    Secret::new(v)
+}
+
+/// An http(s) URL without credentials in it.
+fn http_url(
+    raw: &str,
+    key: &str,
+    env: &BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) -> String {
+    let u = expand_env(raw, key, env, problems);
+    match url::Url::parse(&u) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                problems.push(format!(
+                    "{key}: must not contain credentials; configure them in [source]"
+                ));
+            }
+            u.trim_end_matches('/').to_string()
+        }
+        Ok(_) => {
+            problems.push(format!("{key}: {u:?} must be an http:// or https:// URL"));
+            u
+        }
+        Err(e) => {
+            problems.push(format!("{key}: {u:?} is not a URL ({e})"));
+            u
+        }
+    }
+}
+
+fn default_source(url: String, auth: SourceAuth) -> SourceConfig {
+    SourceConfig {
+        url,
+        auth,
+        timeout: Duration::from_secs(120),
+        read_timeout: Duration::from_secs(45),
+        max_retries: 5,
+        max_retries_per_run: 50,
+        backoff_base: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(60),
+        max_retry_after: Duration::from_secs(15 * 60),
+        requests_per_sec: None,
+    }
+}
+
+fn validate_source(
+    s: RawSource,
+    base_dir: &Path,
+    env: &BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) -> SourceConfig {
+    let kind = s.kind.unwrap_or_else(|| "cerb".into());
+    if kind != "cerb" {
+        problems.push(format!(
+            "source.kind: unknown source kind {kind:?}; the supported kind is \"cerb\""
+        ));
+    }
+    let url = match &s.url {
+        None => {
+            problems.push(
+                "source.url: missing (the Cerb base URL, e.g. https://cerb.example.com)".into(),
+            );
+            String::new()
+        }
+        Some(u) => http_url(u, "source.url", env, problems),
+    };
+
+    let schemes: Vec<&str> = [
+        s.token.as_ref().map(|_| "token"),
+        s.oauth2.as_ref().map(|_| "[source.oauth2]"),
+        s.cerb_auth.as_ref().map(|_| "[source.cerb_auth]"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if schemes.len() > 1 {
+        problems.push(format!(
+            "source: set exactly one of token, [source.oauth2], [source.cerb_auth]; found {}",
+            schemes.join(" and ")
+        ));
+    }
+    let auth = if let Some(o) = s.oauth2 {
+        let client_id = match o.client_id {
+            Some(c) if !c.trim().is_empty() => {
+                expand_env(&c, "source.oauth2.client_id", env, problems)
+            }
+            _ => {
+                problems.push(
+                    "source.oauth2.client_id: missing (the OAuth app's client id in Cerb)".into(),
+                );
+                String::new()
+            }
+        };
+        let client_secret = match o.client_secret {
+            Some(c) => secret_value(&c, "source.oauth2.client_secret", env, problems),
+            None => {
+                problems.push(
+                    "source.oauth2.client_secret: missing; set it to \"${CERB_CLIENT_SECRET}\" and export it".into(),
+                );
+                Secret::default()
+            }
+        };
+        let refresh_token_file = match o.refresh_token_file {
+            Some(f) if !f.trim().is_empty() => {
+                let f = PathBuf::from(expand_env(
+                    &f,
+                    "source.oauth2.refresh_token_file",
+                    env,
+                    problems,
+                ));
+                if f.is_absolute() { f } else { base_dir.join(f) }
+            }
+            _ => {
+                problems.push(
+                    "source.oauth2.refresh_token_file: missing (a file holding the refresh token; highwater rewrites it at every rotation)"
+                        .into(),
+                );
+                PathBuf::new()
+            }
+        };
+        let token_url = match o.token_url {
+            Some(t) => http_url(&t, "source.oauth2.token_url", env, problems),
+            None => format!("{url}/oauth/access_token"),
+        };
+        SourceAuth::OAuth2(OAuth2Config {
+            client_id,
+            client_secret,
+            refresh_token_file,
+            token_url,
+        })
+    } else if let Some(c) = s.cerb_auth {
+        let access_key = match c.access_key {
+            Some(k) if !k.trim().is_empty() => {
+                expand_env(&k, "source.cerb_auth.access_key", env, problems)
+            }
+            _ => {
+                problems.push(
+                    "source.cerb_auth.access_key: missing (the Web API credentials' access key)"
+                        .into(),
+                );
+                String::new()
+            }
+        };
+        let secret = match c.secret {
+            Some(v) => secret_value(&v, "source.cerb_auth.secret", env, problems),
+            None => {
+                problems.push(
+                    "source.cerb_auth.secret: missing; set it to \"${CERB_API_SECRET}\" and export it".into(),
+                );
+                Secret::default()
+            }
+        };
+        SourceAuth::CerbAuth(CerbAuthConfig { access_key, secret })
+    } else {
+        match s.token {
+            Some(t) => SourceAuth::Bearer(secret_value(&t, "source.token", env, problems)),
+            None => {
+                problems.push(
+                    "source.token: missing; set it to \"${CERB_TOKEN}\" and export the bearer token, or use [source.oauth2] or [source.cerb_auth]"
+                        .into(),
+                );
+                SourceAuth::Bearer(Secret::default())
+            }
+        }
+    };
+
+    let d = default_source(String::new(), SourceAuth::Bearer(Secret::default()));
+    let timeout = secs(
+        s.timeout_secs.unwrap_or(d.timeout.as_secs_f64()),
+        "source.timeout_secs",
+        problems,
+    );
+    let read_timeout = secs(
+        s.read_timeout_secs.unwrap_or(d.read_timeout.as_secs_f64()),
+        "source.read_timeout_secs",
+        problems,
+    );
+    if timeout.is_zero() {
+        problems.push("source.timeout_secs: must be more than 0".into());
+    }
+    if read_timeout.is_zero() {
+        problems.push("source.read_timeout_secs: must be more than 0".into());
+    }
+    let backoff_base = secs(
+        s.backoff_base_secs.unwrap_or(d.backoff_base.as_secs_f64()),
+        "source.backoff_base_secs",
+        problems,
+    );
+    let backoff_max = secs(
+        s.backoff_max_secs.unwrap_or(d.backoff_max.as_secs_f64()),
+        "source.backoff_max_secs",
+        problems,
+    );
+    if backoff_max < backoff_base {
+        problems.push("source.backoff_max_secs: must be at least source.backoff_base_secs".into());
+    }
+    let max_retry_after = secs(
+        s.max_retry_after_secs
+            .unwrap_or(d.max_retry_after.as_secs_f64()),
+        "source.max_retry_after_secs",
+        problems,
+    );
+    let requests_per_sec = match s.requests_per_sec {
+        None => None,
+        Some(r) if r.is_finite() && r > 0.0 => Some(r),
+        Some(0.0) => None,
+        Some(r) => {
+            problems.push(format!(
+                "source.requests_per_sec: must be a positive number (or left out for no limit), got {r}"
+            ));
+            None
+        }
+    };
+    SourceConfig {
+        url,
+        auth,
+        // A read timeout longer than the whole request would never fire.
+        read_timeout: read_timeout.min(timeout),
+        timeout,
+        max_retries: s.max_retries.unwrap_or(d.max_retries),
+        max_retries_per_run: s.max_retries_per_run.unwrap_or(d.max_retries_per_run),
+        backoff_base,
+        backoff_max,
+        max_retry_after,
+        requests_per_sec,
+    }
+}
+
 fn validate(
     raw: RawConfig,
     base_dir: &Path,
@@ -380,88 +700,13 @@ fn validate(
 ) -> Config {
     let source = match raw.source {
         None => {
-            problems.push("[source] is missing: it needs at least `url` and `token`".into());
-            SourceConfig {
-                url: String::new(),
-                token: Secret::new(String::new()),
-                timeout: Duration::from_secs(30),
-                max_retries: 5,
-            }
+            problems.push(
+                "[source] is missing: it needs at least `url` and credentials (`token`, [source.oauth2] or [source.cerb_auth])"
+                    .into(),
+            );
+            default_source(String::new(), SourceAuth::Bearer(Secret::default()))
         }
-        Some(s) => {
-            let kind = s.kind.unwrap_or_else(|| "cerb".into());
-            if kind != "cerb" {
-                problems.push(format!(
-                    "source.kind: unknown source kind {kind:?}; the supported kind is \"cerb\""
-                ));
-            }
-            let url = match s.url {
-                None => {
-                    problems.push(
-                        "source.url: missing (the Cerb base URL, e.g. https://cerb.example.com)"
-                            .into(),
-                    );
-                    String::new()
-                }
-                Some(u) => {
-                    let u = expand_env(&u, "source.url", env, problems);
-                    match url::Url::parse(&u) {
-                        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
-                            if !parsed.username().is_empty() || parsed.password().is_some() {
-                                problems.push(
-                                    "source.url: must not contain credentials; use `token`".into(),
-                                );
-                            }
-                            u.trim_end_matches('/').to_string()
-                        }
-                        Ok(_) => {
-                            problems.push(format!(
-                                "source.url: {u:?} must be an http:// or https:// URL"
-                            ));
-                            u
-                        }
-                        Err(e) => {
-                            problems.push(format!("source.url: {u:?} is not a URL ({e})"));
-                            u
-                        }
-                    }
-                }
-            };
-            let token = match s.token {
-                None => {
-                    problems.push(
-                        "source.token: missing; set it to \"${CERB_TOKEN}\" and export the bearer token".into(),
-                    );
-                    String::new()
-                }
-                Some(t) => {
-                    if !t.contains("${") && !t.is_empty() {
-                        problems.push(
-                            "source.token: write secrets as ${VAR} references, not literally in the file"
-                                .into(),
-                        );
-                    }
-                    let v = expand_env(&t, "source.token", env, problems);
-                    if v.is_empty()
-                        && t.contains("${")
-                        && !problems.iter().any(|p| p.starts_with("source.token"))
-                    {
-                        problems.push("source.token: the referenced variable is empty".into());
-                    }
-                    v
-                }
-            };
-            SourceConfig {
-                url,
-                token: Secret::new(token),
-                timeout: secs(
-                    s.timeout_secs.unwrap_or(30.0),
-                    "source.timeout_secs",
-                    problems,
-                ),
-                max_retries: s.max_retries.unwrap_or(5),
-            }
-        }
+        Some(s) => validate_source(s, base_dir, env, problems),
     };
 
     let part_size_mib = raw.lake.part_size_mib.unwrap_or(10);

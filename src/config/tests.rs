@@ -21,7 +21,13 @@ fn problems(text: &str, e: &BTreeMap<String, String>) -> Vec<String> {
 #[test]
 fn example_config_is_valid_and_documents_defaults() {
     let cfg = parse(EXAMPLE, &env(&[("CERB_TOKEN", "abc")])).unwrap();
-    assert_eq!(cfg.source.token.expose(), "abc");
+    match &cfg.source.auth {
+        SourceAuth::Bearer(t) => assert_eq!(t.expose(), "abc"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cfg.source.max_retry_after, Duration::from_secs(900));
+    assert_eq!(cfg.source.requests_per_sec, None);
+    assert_eq!(cfg.source.max_retries_per_run, 50);
     assert_eq!(cfg.streams.len(), 2);
     let t = cfg.stream("tickets").unwrap();
     assert_eq!(t.cursor, CursorMode::UpdatedId);
@@ -166,4 +172,132 @@ fn on_bad_record_defaults_to_reject_and_takes_fail() {
         p.contains("sync.on_bad_record") && p.contains("\"skip\""),
         "{p}"
     );
+}
+/// The example's commented-out auth tables, uncommented in place of `token`, are valid too.
+fn example_with(table: &str) -> String {
+    let mut out = String::new();
+    let mut on = false;
+    for line in EXAMPLE.lines() {
+        if line.starts_with("token = ") {
+            continue;
+        }
+        if line.starts_with(&format!("# [{table}]")) {
+            on = true;
+        } else if line.trim().is_empty() {
+            on = false;
+        }
+        if on {
+            out.push_str(line.strip_prefix("# ").unwrap_or(line));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn example_oauth2_and_cerb_auth_tables_are_valid() {
+    let e = env(&[("CERB_CLIENT_SECRET", "cs-1"), ("CERB_API_SECRET", "api-2")]);
+    let cfg = parse(&example_with("source.oauth2"), &e).unwrap();
+    match &cfg.source.auth {
+        SourceAuth::OAuth2(o) => {
+            assert_eq!(o.client_id, "highwater");
+            assert_eq!(o.client_secret.expose(), "cs-1");
+            assert_eq!(o.refresh_token_file, Path::new("/base/cerb.refresh_token"));
+            assert_eq!(o.token_url, "https://cerb.example.com/oauth/access_token");
+        }
+        other => panic!("{other:?}"),
+    }
+    let cfg = parse(&example_with("source.cerb_auth"), &e).unwrap();
+    match &cfg.source.auth {
+        SourceAuth::CerbAuth(c) => {
+            assert_eq!(c.access_key, "pjlfmn339fgh");
+            assert_eq!(c.secret.expose(), "api-2");
+        }
+        other => panic!("{other:?}"),
+    }
+    let dbg = format!("{cfg:?}");
+    assert!(!dbg.contains("api-2") && !dbg.contains("cs-1"), "{dbg}");
+}
+
+const STREAM: &str = "[[streams]]\nname = \"t\"\nrecord_type = \"ticket\"\n";
+
+#[test]
+fn exactly_one_auth_scheme() {
+    let e = env(&[("T", "x"), ("S", "y")]);
+    let both = format!(
+        "[source]\nurl = \"http://h\"\ntoken = \"${{T}}\"\n[source.cerb_auth]\naccess_key = \"k\"\nsecret = \"${{S}}\"\n{STREAM}"
+    );
+    let p = problems(&both, &e);
+    assert!(p.iter().any(|x| x.contains("exactly one")), "{p:?}");
+    let none = format!("[source]\nurl = \"http://h\"\n{STREAM}");
+    let p = problems(&none, &e);
+    assert!(
+        p.iter().any(|x| x.contains("source.token: missing")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn oauth2_defaults_and_literal_secrets() {
+    let e = env(&[("S", "y")]);
+    let text = format!(
+        "[source]\nurl = \"http://h:1/index.php\"\n[source.oauth2]\nclient_id = \"c\"\nclient_secret = \"${{S}}\"\nrefresh_token_file = \"secrets/rt\"\n{STREAM}"
+    );
+    let cfg = parse(&text, &e).unwrap();
+    let SourceAuth::OAuth2(o) = &cfg.source.auth else {
+        panic!()
+    };
+    assert_eq!(o.token_url, "http://h:1/index.php/oauth/access_token");
+    assert_eq!(o.refresh_token_file, Path::new("/base/secrets/rt"));
+    assert_eq!(cfg.source.auth.describe(), "[source.oauth2]");
+
+    let literal = text.replace("${S}", "plain-secret");
+    let p = problems(&literal, &e);
+    assert!(
+        p.iter()
+            .any(|x| x.contains("source.oauth2.client_secret") && x.contains("${VAR}")),
+        "{p:?}"
+    );
+    assert!(p.iter().all(|x| !x.contains("plain-secret")), "{p:?}");
+    let missing =
+        format!("[source]\nurl = \"http://h\"\n[source.oauth2]\nclient_id = \"c\"\n{STREAM}");
+    let p = problems(&missing, &e);
+    assert!(
+        p.iter().any(|x| x.contains("client_secret: missing")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter().any(|x| x.contains("refresh_token_file: missing")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn retry_and_rate_settings() {
+    let e = env(&[("T", "x")]);
+    let text = format!(
+        "[source]\nurl = \"http://h\"\ntoken = \"${{T}}\"\ntimeout_secs = 2\nread_timeout_secs = 5\n\
+         backoff_base_secs = 0.01\nbackoff_max_secs = 0.05\nmax_retry_after_secs = 3\nrequests_per_sec = 2.5\n\
+         max_retries_per_run = 7\n{STREAM}"
+    );
+    let cfg = parse(&text, &e).unwrap();
+    let s = &cfg.source;
+    assert_eq!(s.timeout, Duration::from_secs(2));
+    assert_eq!(
+        s.read_timeout,
+        Duration::from_secs(2),
+        "clamped to the whole-request timeout"
+    );
+    assert_eq!(s.backoff_base, Duration::from_millis(10));
+    assert_eq!(s.max_retry_after, Duration::from_secs(3));
+    assert_eq!(s.requests_per_sec, Some(2.5));
+    assert_eq!(s.max_retries_per_run, 7);
+    let bad = text
+        .replace("requests_per_sec = 2.5", "requests_per_sec = -1")
+        .replace("backoff_max_secs = 0.05", "backoff_max_secs = 0.001");
+    let p = problems(&bad, &e);
+    assert!(p.iter().any(|x| x.contains("requests_per_sec")), "{p:?}");
+    assert!(p.iter().any(|x| x.contains("backoff_max_secs")), "{p:?}");
 }

@@ -25,8 +25,8 @@ fn ok(v: Value) -> Response {
 }
 
 /// Parses a fault name: `429`, `429:seconds=N`, `429:date=UNIX`, `429:zero`, `429:none`, `500`,
-/// `502`, `503`, `maintenance`, `stall`, `truncated`, `reset`, `status_error`, `unauthorized`,
-/// `query_timeout`.
+/// `502`, `503` (any 5xx; 400, 403, 404, 408 too), `maintenance`, `stall`, `stall_body`, `truncated`, `reset`, `bad_body`,
+/// `status_error`, `unauthorized`, `query_timeout`, `delay:MS`.
 pub fn parse_fault(s: &str) -> Result<Fault, AdminError> {
     let bad = || AdminError::Fault(s.to_string());
     let (name, arg) = s.split_once(':').unwrap_or((s, ""));
@@ -44,8 +44,10 @@ pub fn parse_fault(s: &str) -> Result<Fault, AdminError> {
         }),
         "maintenance" => Fault::Maintenance,
         "stall" => Fault::Stall,
+        "stall_body" => Fault::StallBody,
         "truncated" => Fault::Truncated,
         "reset" => Fault::Reset,
+        "bad_body" => Fault::BadBody,
         "status_error" => Fault::StatusError,
         "unauthorized" => Fault::Unauthorized,
         "query_timeout" => Fault::QueryTimeout,
@@ -54,7 +56,7 @@ pub fn parse_fault(s: &str) -> Result<Fault, AdminError> {
             Err(_) => return Err(bad()),
         },
         n => match n.parse::<u16>() {
-            Ok(code @ 500..=599) => Fault::ServerError(code),
+            Ok(code @ (400 | 403 | 404 | 408 | 500..=599)) => Fault::ServerError(code),
             _ => return Err(bad()),
         },
     })

@@ -101,6 +101,7 @@ pub struct AuthState {
     ttl: i64,
     counter: u64,
     seed: u64,
+    issued: Vec<TokenPair>,
 }
 
 impl AuthState {
@@ -120,6 +121,7 @@ impl AuthState {
             ttl,
             counter: 0,
             seed,
+            issued: Vec::new(),
         }
     }
 
@@ -139,11 +141,18 @@ impl AuthState {
         let refresh = self.token("rt");
         self.access.insert(access.clone(), now + self.ttl);
         self.refresh.insert(refresh.clone(), access.clone());
-        TokenPair {
+        let pair = TokenPair {
             access_token: access,
             refresh_token: refresh,
             expires_in: self.ttl,
-        }
+        };
+        self.issued.push(pair.clone());
+        pair
+    }
+
+    /// Every pair issued so far, oldest first.
+    pub fn issued(&self) -> &[TokenPair] {
+        &self.issued
     }
 
     /// The `refresh_token` grant: rotates the refresh token and revokes the old access token.

@@ -82,6 +82,9 @@ pub fn response(f: Fault) -> Option<Response> {
         Fault::ServerError(code) => html(
             code,
             match code {
+                400 => "Bad Request",
+                403 => "Forbidden",
+                404 => "Not Found",
                 502 => "Bad Gateway",
                 503 => "Service Unavailable",
                 504 => "Gateway Timeout",
@@ -102,7 +105,13 @@ pub fn response(f: Fault) -> Option<Response> {
             ),
         ),
         Fault::Unauthorized => Response::json(401, super::auth::DENIED.to_string()),
-        Fault::Stall | Fault::Truncated | Fault::Reset | Fault::QueryTimeout | Fault::Delay(_) => {
+        Fault::BadBody => html(200, "Please sign in to continue"),
+        Fault::Stall
+        | Fault::StallBody
+        | Fault::Truncated
+        | Fault::Reset
+        | Fault::QueryTimeout
+        | Fault::Delay(_) => {
             return None;
         }
     })

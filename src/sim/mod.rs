@@ -116,10 +116,14 @@ pub enum Fault {
     Maintenance,
     /// Accept and read the request, then send nothing.
     Stall,
+    /// Send the head (full `Content-Length`) and half the body, then go silent, connection open.
+    StallBody,
     /// Full `Content-Length`, half the body, then close.
     Truncated,
     /// Close with a TCP reset.
     Reset,
+    /// HTTP 200 whose body is not Cerb JSON (an HTML page, as a captive proxy answers).
+    BadBody,
     /// HTTP 200 with `__status:"error"`.
     StatusError,
     /// 401 as after access-token expiry.
@@ -186,6 +190,8 @@ pub(crate) struct Inner {
     /// Actions run just before the search request with the given number (1-based) is answered.
     pub(crate) hooks: Mutex<Vec<(u64, SearchHook)>>,
     pub(crate) auth: Mutex<auth::AuthState>,
+    /// Requests to the OAuth token endpoint (any outcome).
+    pub(crate) token_requests: AtomicU64,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) stall: Duration,
     addr: SocketAddr,
@@ -266,6 +272,7 @@ impl Sim {
                 cfg.access_token_ttl,
                 cfg.seed,
             )),
+            token_requests: AtomicU64::new(0),
             shutdown: tx,
             stall: cfg.stall,
             addr,
@@ -484,6 +491,17 @@ impl Sim {
     pub fn mint_oauth_tokens(&self) -> TokenPair {
         let now = self.now();
         lock(&self.inner.auth).mint(now)
+    }
+
+    /// Requests the OAuth token endpoint received (refresh grants and refusals alike).
+    pub fn token_requests(&self) -> u64 {
+        self.inner.token_requests.load(Ordering::SeqCst)
+    }
+
+    /// Every access/refresh pair issued so far (minted or refreshed), oldest first: lets a test
+    /// look for tokens in a client's logs.
+    pub fn issued_tokens(&self) -> Vec<TokenPair> {
+        lock(&self.inner.auth).issued().to_vec()
     }
 
     /// Changes the lifetime of access tokens issued from now on.

@@ -61,6 +61,8 @@ impl Response {
 pub enum Action {
     Respond(Response),
     Stall,
+    /// Head and half the body, then silence with the connection open.
+    StallBody(Response),
     Truncated(Response),
     Reset,
 }
@@ -99,6 +101,7 @@ fn status_text(s: u16) -> &'static str {
         302 => "Found",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
@@ -257,21 +260,35 @@ async fn connection(
                 drop(stream);
                 return Ok(());
             }
-            Action::Stall => {
-                let mut sink = [0u8; 1024];
-                let deadline = tokio::time::sleep(sim.inner.stall);
-                tokio::pin!(deadline);
-                loop {
-                    tokio::select! {
-                        r = stream.read(&mut sink) => match r {
-                            Ok(0) | Err(_) => return Ok(()),
-                            Ok(_) => {}
-                        },
-                        _ = &mut deadline => return Ok(()),
-                        _ = shutdown.changed() => return Ok(()),
-                    }
-                }
+            Action::StallBody(resp) => {
+                let half = resp.body.len() / 2;
+                write_response(&mut stream, &sim, &resp, Some(half), false)
+                    .await
+                    .map_err(io)?;
+                hold_silent(&mut stream, &sim, &mut shutdown).await;
+                return Ok(());
             }
+            Action::Stall => {
+                hold_silent(&mut stream, &sim, &mut shutdown).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Keep a connection open and silent until the client gives up, `stall` elapses or shutdown.
+async fn hold_silent(stream: &mut TcpStream, sim: &Sim, shutdown: &mut watch::Receiver<bool>) {
+    let mut sink = [0u8; 1024];
+    let deadline = tokio::time::sleep(sim.inner.stall);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            r = stream.read(&mut sink) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            _ = &mut deadline => return,
+            _ = shutdown.changed() => return,
         }
     }
 }
@@ -365,13 +382,19 @@ pub fn handle(sim: &Sim, req: &Request) -> Action {
                 Fault::Stall => return Action::Stall,
                 Fault::Reset => return Action::Reset,
                 Fault::Truncated => {
-                    if let Err(r) = authorize(sim, req, &path) {
+                    if let Err(r) = authorize(sim, req) {
                         return Action::Respond(r);
                     }
                     return Action::Truncated(search(sim, req, segs[1], false));
                 }
+                Fault::StallBody => {
+                    if let Err(r) = authorize(sim, req) {
+                        return Action::Respond(r);
+                    }
+                    return Action::StallBody(search(sim, req, segs[1], false));
+                }
                 Fault::QueryTimeout => {
-                    if let Err(r) = authorize(sim, req, &path) {
+                    if let Err(r) = authorize(sim, req) {
                         return Action::Respond(r);
                     }
                     return Action::Respond(search(sim, req, segs[1], true));
@@ -384,7 +407,7 @@ pub fn handle(sim: &Sim, req: &Request) -> Action {
             }
         }
     }
-    if let Err(r) = authorize(sim, req, &path) {
+    if let Err(r) = authorize(sim, req) {
         return Action::Respond(r);
     }
     let last = segs.last().copied().unwrap_or("");
@@ -423,8 +446,9 @@ pub fn handle(sim: &Sim, req: &Request) -> Action {
     ))
 }
 
-/// Checks bearer or signature auth; `Err` is the 401 to send.
-fn authorize(sim: &Sim, req: &Request, path: &str) -> Result<(), Response> {
+/// Checks bearer or signature auth; `Err` is the 401 to send. A signature covers the path as
+/// requested, `/index.php` prefix included (Cerb signs `REQUEST_URI`).
+fn authorize(sim: &Sim, req: &Request) -> Result<(), Response> {
     let now = sim.now();
     if let Some(h) = req.header("authorization") {
         let token = h
@@ -442,7 +466,7 @@ fn authorize(sim: &Sim, req: &Request, path: &str) -> Result<(), Response> {
             header: h,
             date,
             verb: &req.method,
-            path,
+            path: &req.path,
             query: &req.query,
             body: &req.body,
         };
@@ -454,6 +478,7 @@ fn authorize(sim: &Sim, req: &Request, path: &str) -> Result<(), Response> {
 }
 
 fn token_endpoint(sim: &Sim, req: &Request) -> Response {
+    sim.inner.token_requests.fetch_add(1, Ordering::SeqCst);
     if req.method != "POST" {
         return Response::text(
             400,

@@ -63,10 +63,16 @@ pub enum SourceError {
         body: String,
         retry_after: Option<Duration>,
     },
-    #[error(
-        "{url} refused the credentials (HTTP 401: {message}); check source.token (a Cerb OAuth2 bearer token with scope api:read-only)"
-    )]
-    Unauthorized { url: String, message: String },
+    #[error("{url} refused the credentials (HTTP 401: {message}); {hint}")]
+    Unauthorized {
+        url: String,
+        message: String,
+        /// What to check, for the configured auth scheme.
+        hint: String,
+    },
+    /// Getting or keeping credentials failed (token file, token endpoint). Never carries a secret.
+    #[error("{message}")]
+    Credentials { message: String },
     #[error("Cerb reported an error for {url}: {message}{}", .code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
     Cerb {
         url: String,
@@ -97,6 +103,10 @@ pub enum SourceError {
         attempts: u32,
         last: Box<SourceError>,
     },
+    #[error(
+        "the run spent its retry budget (source.max_retries_per_run = {budget}) on a flaky source; last error: {last}"
+    )]
+    RetryBudget { budget: u32, last: Box<SourceError> },
 }
 
 impl SourceError {
@@ -104,13 +114,31 @@ impl SourceError {
     pub fn is_transient(&self) -> bool {
         match self {
             SourceError::Transport { transient, .. } => *transient,
-            SourceError::Http { status, .. } => *status == 429 || *status >= 500,
+            // 501 and 505 say the server will never do it; every other 5xx may pass.
+            SourceError::Http { status, .. } => {
+                matches!(*status, 408 | 425 | 429)
+                    || (*status >= 500 && !matches!(*status, 501 | 505))
+            }
             SourceError::QueryTimeout { .. } | SourceError::BadBody { .. } => true,
             SourceError::Unauthorized { .. }
+            | SourceError::Credentials { .. }
             | SourceError::Cerb { .. }
             | SourceError::RateLimited { .. }
             | SourceError::InvalidPage { .. }
-            | SourceError::RetriesExhausted { .. } => false,
+            | SourceError::RetriesExhausted { .. }
+            | SourceError::RetryBudget { .. } => false,
+        }
+    }
+
+    /// The source is throttling us: a `Retry-After` above the cap, or retries spent on 429s. Such
+    /// a run ends as `rate_limited` (everything fetched so far committed), not `failed`.
+    pub fn is_rate_limited(&self) -> bool {
+        match self {
+            SourceError::RateLimited { .. } => true,
+            SourceError::RetriesExhausted { last, .. } | SourceError::RetryBudget { last, .. } => {
+                matches!(**last, SourceError::Http { status: 429, .. })
+            }
+            _ => false,
         }
     }
 }

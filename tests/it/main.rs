@@ -4,6 +4,7 @@ mod badinput;
 mod cli;
 mod lake_s3;
 mod reconcile;
+mod reliability;
 mod s3;
 mod sim;
 mod sync;

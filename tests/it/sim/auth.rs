@@ -254,3 +254,59 @@ async fn documented_signature_vector_is_accepted_over_http() {
     let (s, _) = send("0cfe2f3b06552c060c8e77f7a0c875ef").await;
     assert_eq!(s, 401);
 }
+
+/// Cerb signs the path as requested (`REQUEST_URI`), `/index.php` prefix included.
+#[tokio::test]
+async fn signatures_cover_the_index_php_prefix() {
+    let sim = sim(3600).await;
+    let date = highwater::sim::faults::http_date(NOW);
+    let q = "q=sort%3Aid&limit=2";
+    let path = format!("/index.php{PATH}");
+    let send = |signed_path: String| {
+        let url = format!("{}{path}?{q}", sim.base_url());
+        let date = date.clone();
+        async move {
+            let sig =
+                highwater::sim::auth::signature("GET", &date, &signed_path, q, b"", "sim-secret");
+            reqwest::Client::new()
+                .get(url)
+                .header("Cerb-Auth", format!("sim-key:{sig}"))
+                .header("Date", date)
+                .send()
+                .await
+                .expect("request")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(send(path.clone()).await, 200);
+    assert_eq!(
+        send(PATH.to_string()).await,
+        401,
+        "the prefix is part of what is signed"
+    );
+}
+
+/// The token endpoint counts its requests and the simulator remembers every pair it issued.
+#[tokio::test]
+async fn token_requests_and_issued_pairs_are_observable() {
+    let sim = sim(3600).await;
+    let first = sim.mint_oauth_tokens();
+    assert_eq!(sim.token_requests(), 0, "minting is not a request");
+    let (status, _, _) = token_request(
+        &sim,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &first.refresh_token),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _, _) = token_request(&sim, &[("grant_type", "password")]).await;
+    assert_eq!(status, 400);
+    assert_eq!(sim.token_requests(), 2);
+    let issued = sim.issued_tokens();
+    assert_eq!(issued.len(), 2);
+    assert_eq!(issued[0], first);
+    assert_ne!(issued[1].refresh_token, first.refresh_token);
+}

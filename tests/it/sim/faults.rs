@@ -240,3 +240,21 @@ async fn a_search_hook_runs_at_the_nth_search_before_it_is_answered() {
         "the hook's row is in the answer to search #2"
     );
 }
+
+#[tokio::test]
+async fn a_body_can_stall_midway_and_a_200_can_carry_html() {
+    let sim = sim().await;
+    sim.push_fault(Fault::StallBody);
+    let r = send(&sim).await.expect("the head arrives");
+    assert_eq!(r.status().as_u16(), 200);
+    let err = r.bytes().await.expect_err("the body never completes");
+    assert!(err.is_timeout() || err.is_body(), "{err}");
+
+    sim.push_fault(Fault::BadBody);
+    let r = send(&sim).await.expect("response");
+    assert_eq!(r.status().as_u16(), 200);
+    let text = r.text().await.expect("body");
+    assert!(text.starts_with("<!DOCTYPE html>"), "{text}");
+    assert!(serde_json::from_str::<serde_json::Value>(&text).is_err());
+    assert_eq!(send(&sim).await.expect("served").status().as_u16(), 200);
+}
