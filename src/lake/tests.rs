@@ -636,3 +636,40 @@ fn option_mistakes_are_reported_before_any_io() {
     let err = Lake::open("s3://user:pw@bucket/p", &[], dir.path()).unwrap_err();
     assert!(!err.to_string().contains("pw"), "{err}");
 }
+
+/// Peak resident memory of this process so far, in MiB.
+fn peak_rss_mib() -> f64 {
+    // SAFETY: getrusage only writes into the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_maxrss as f64 / 1024.0
+}
+
+/// Not a test: a measurement. `cargo test --lib upload_200mb -- --ignored --nocapture` prints the
+/// upload throughput of one ~200 MB lake file to the in-process S3 server and the writer's memory
+/// (peak RSS while writing minus the RSS holding the input batches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn upload_200mb_to_the_s3_server() {
+    let b = backends();
+    let s3 = &b.lakes[2];
+    let lake = Lake::from_store(Arc::clone(&s3.store), s3.base.clone(), s3.url.clone());
+    let batches: Vec<RecordBatch> = (0..960).map(|i| wide_batch(10_000, i * 10_000)).collect();
+    let before = peak_rss_mib();
+    let t0 = std::time::Instant::now();
+    let w = lake
+        .write_parquet("bench/x.parquet", batches[0].schema(), &batches)
+        .await
+        .unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    let mb = w.bytes as f64 / 1e6;
+    println!(
+        "wrote {mb:.0} MB ({} rows) in {secs:.2} s = {:.1} MB/s (Parquet encoding included); \
+         peak RSS {:.0} MiB, {:.0} MiB above the input batches",
+        w.rows,
+        mb / secs,
+        peak_rss_mib(),
+        peak_rss_mib() - before
+    );
+    assert!(w.bytes > 190_000_000, "{} bytes", w.bytes);
+}

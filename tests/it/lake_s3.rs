@@ -271,7 +271,10 @@ async fn check_says_what_works_and_what_to_fix() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("FAILED  lake"), "{stdout}");
     assert!(stdout.contains("FAILED  source"), "{stdout}");
-    assert!(stdout.contains("fix: the credentials were refused"), "{stdout}");
+    assert!(
+        stdout.contains("fix: the credentials were refused"),
+        "{stdout}"
+    );
     assert!(stdout.contains("fix: check the credentials"), "{stdout}");
     assert!(!stdout.contains("not-the-secret"), "{stdout}");
     assert!(stdout.contains("ok      warehouse"), "{stdout}");
