@@ -427,6 +427,10 @@ async fn scan_and_apply(
     counts.rows_written = rows;
     counts.checkpoints = 1;
     rep.outcome = "succeeded".into();
+    if let Err(e) = crate::sync::write_manifests_for_run(p, &rep.run_id).await {
+        tracing::warn!(stream = %s.name, run_id = %rep.run_id, error = %e,
+            "manifest not written; the warehouse still knows the file");
+    }
     tracing::info!(
         stream = %s.name, run_id = %rep.run_id, scanned = rep.scanned, deleted = rep.deleted,
         undeleted = rep.undeleted, repaired = rep.repaired, "reconcile committed"

@@ -219,7 +219,7 @@ pub async fn recover(p: &Pipeline) -> Result<(), SyncError> {
     Ok(())
 }
 
-async fn write_manifests_for_run(p: &Pipeline, run_id: &str) -> Result<(), String> {
+pub(crate) async fn write_manifests_for_run(p: &Pipeline, run_id: &str) -> Result<(), String> {
     let wh = p.warehouse.clone();
     let files = tokio::task::spawn_blocking(move || wh.committed_files(None))
         .await

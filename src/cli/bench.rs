@@ -191,30 +191,56 @@ pub async fn run(args: BenchArgs) -> CmdResult {
         let cfg_path = dir.join("highwater.toml");
         std::fs::write(&cfg_path, &toml)?;
         let t0 = Instant::now();
-        let out = Command::new(&exe)
+        let mut rec = Command::new(&exe)
             .arg("--config")
             .arg(&cfg_path)
             .args(["reconcile", "--json"])
             .env("BENCH_TOKEN", token)
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .output()?;
+            .spawn()?;
+        // The child's own high-water mark, read from /proc while it runs: getrusage's figure for
+        // children also counts what a fork copied from this (large) process.
+        let pid = rec.id();
+        let mut stdout = rec
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stdout, &mut buf);
+            buf
+        });
+        let mut hwm_kb = 0u64;
+        let status = loop {
+            if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                && let Some(kb) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                hwm_kb = hwm_kb.max(kb);
+            }
+            if let Some(st) = rec.try_wait()? {
+                break st;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        let out_stdout = reader.join().unwrap_or_default();
         let secs = t0.elapsed().as_secs_f64();
-        if !out.status.success() {
+        if !status.success() {
             return Err(anyhow::anyhow!(
                 "the benchmark reconcile failed: {}",
-                String::from_utf8_lossy(&out.stdout)
+                String::from_utf8_lossy(&out_stdout)
             )
             .into());
         }
-        // SAFETY: getrusage only writes into the struct we pass.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let report: serde_json::Value = serde_json::from_slice(&out_stdout).unwrap_or_default();
         let scanned = report[0]["scanned"].as_u64().unwrap_or(0);
         println!(
             "reconcile  : {scanned} ids scanned and compared in {secs:.2} s = {:.0} ids/s, peak RSS {:.0} MB (its own process), deleted {}, repaired {}",
             scanned as f64 / secs,
-            ru.ru_maxrss as f64 / 1024.0,
+            hwm_kb as f64 / 1024.0,
             report[0]["deleted"],
             report[0]["repaired"]
         );

@@ -65,7 +65,10 @@ pub async fn run(config: &Path, _args: CheckArgs) -> CmdResult {
 }
 
 async fn check_source(cfg: &Config) -> Vec<Line> {
-    let src = match CerbSource::new(&cfg.source) {
+    // One attempt per search: `check` is interactive, and retries would only delay the answer.
+    let mut source_cfg = cfg.source.clone();
+    source_cfg.max_retries = 0;
+    let src = match CerbSource::new(&source_cfg) {
         Ok(s) => s,
         Err(e) => {
             return vec![Line::failed(
@@ -90,7 +93,11 @@ async fn check_source(cfg: &Config) -> Vec<Line> {
                 l
             }
             Err(e) => {
-                let fix = match &e {
+                let cause = match &e {
+                    crate::source::SourceError::RetriesExhausted { last, .. } => last.as_ref(),
+                    other => other,
+                };
+                let fix = match cause {
                     crate::source::SourceError::Unauthorized { .. }
                     | crate::source::SourceError::Credentials { .. } => {
                         "the credentials were refused: the error says what to check for the configured [source] auth"
@@ -99,7 +106,10 @@ async fn check_source(cfg: &Config) -> Vec<Line> {
                         "Cerb refused the search: check the stream's record_type and filter"
                     }
                     crate::source::SourceError::Transport { .. } => {
-                        "the server could not be reached: check [source] url, DNS, proxies and firewalls"
+                        "the server could not be reached: check [source] url, that Cerb is running, DNS, proxies and firewalls"
+                    }
+                    crate::source::SourceError::Http { status: 404, .. } => {
+                        "no REST API at that address: [source] url must be Cerb's base URL (the API is under /rest/)"
                     }
                     _ => "see the error; rerun with HIGHWATER_LOG=debug for each request",
                 };
@@ -133,6 +143,9 @@ async fn check_lake(cfg: &Config) -> Line {
     }
     let read = lake.get(&key).await;
     let deleted = lake.delete(&key).await;
+    if let Some(root) = lake.local_root() {
+        let _ = std::fs::remove_dir(root.join("_highwater_check"));
+    }
     match (read, deleted) {
         (Ok(b), Ok(())) if b == body => Line::ok(what),
         (Ok(_), Ok(())) => Line::failed(

@@ -31,7 +31,8 @@ pub struct DemoArgs {
 fn demo_config(sim_url: &str) -> String {
     format!(
         r#"# Written by `highwater demo`. The simulator it points at is gone once the demo ends;
-# `highwater --config {{this file}} status` and `query` still work.
+# `highwater --config highwater-demo/highwater.toml status` and `query` still work (they read
+# only the warehouse, so the token variable need not be set).
 [source]
 kind = "cerb"
 url = "{sim_url}"

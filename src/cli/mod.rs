@@ -86,6 +86,12 @@ pub type CmdResult = Result<(), Failure>;
 pub const EXIT_RATE_LIMITED: u8 = 3;
 
 pub fn main() -> ExitCode {
+    // Output piped into `head` ends the process quietly, as with other command-line tools,
+    // instead of a panic in println!.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -156,6 +162,14 @@ fn init_logging(format: &str) {
 /// Load the config, mapping errors to exit code 2.
 pub fn load_config(path: &std::path::Path) -> Result<crate::config::Config, Failure> {
     crate::config::Config::load(path).map_err(|e| Failure {
+        code: 2,
+        error: e.into(),
+    })
+}
+
+/// Load the config for a command that only reads the warehouse: source secrets need not be set.
+pub fn load_config_offline(path: &std::path::Path) -> Result<crate::config::Config, Failure> {
+    crate::config::Config::load_offline(path).map_err(|e| Failure {
         code: 2,
         error: e.into(),
     })

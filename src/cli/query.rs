@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::{CmdResult, load_config};
+use super::{CmdResult, load_config_offline};
 use crate::warehouse::{OutputFormat, Warehouse};
 
 #[derive(clap::Args, Debug)]
@@ -15,7 +15,7 @@ pub struct QueryArgs {
 }
 
 pub async fn run(config: &Path, args: QueryArgs) -> CmdResult {
-    let cfg = load_config(config)?;
+    let cfg = load_config_offline(config)?;
     if !cfg.warehouse.path.exists() {
         return Err(anyhow::anyhow!(
             "no warehouse at {} yet: run `highwater sync` first",

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{CmdResult, load_config};
+use super::{CmdResult, load_config_offline};
 use crate::warehouse::Warehouse;
 
 #[derive(clap::Args, Debug)]
@@ -13,7 +13,7 @@ pub struct StatusArgs {
 }
 
 pub async fn run(config: &Path, args: StatusArgs) -> CmdResult {
-    let cfg = load_config(config)?;
+    let cfg = load_config_offline(config)?;
     if !cfg.warehouse.path.exists() {
         return Err(anyhow::anyhow!(
             "no warehouse at {} yet: run `highwater sync` first",

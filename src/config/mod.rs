@@ -281,6 +281,30 @@ impl Config {
         Config::parse(&text, path, &base_dir, &env)
     }
 
+    /// Like [`Config::load`], for commands that never contact the source (`status`, `query`):
+    /// a `${VAR}` that is not set stands for a placeholder instead of failing, so reading the
+    /// warehouse needs no source secrets in the environment.
+    pub fn load_offline(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base_dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut env: BTreeMap<String, String> = std::env::vars().collect();
+        let mut rest = text.as_str();
+        while let Some(pos) = rest.find("${") {
+            let after = &rest[pos + 2..];
+            let Some(end) = after.find('}') else { break };
+            env.entry(after[..end].to_string())
+                .or_insert_with(|| "unset".to_string());
+            rest = &after[end..];
+        }
+        Config::parse(&text, path, &base_dir, &env)
+    }
+
     /// Parse and validate TOML text. Pure: the environment is passed in.
     pub fn parse(
         text: &str,
@@ -479,6 +503,11 @@ fn http_url(
             if !parsed.username().is_empty() || parsed.password().is_some() {
                 problems.push(format!(
                     "{key}: must not contain credentials; configure them in [source]"
+                ));
+            }
+            if key == "source.url" && parsed.path().trim_end_matches('/').ends_with("/rest") {
+                problems.push(format!(
+                    "{key}: {u:?} ends in /rest; give Cerb's base URL (highwater adds /rest/records/…)"
                 ));
             }
             u.trim_end_matches('/').to_string()

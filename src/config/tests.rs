@@ -301,3 +301,21 @@ fn retry_and_rate_settings() {
     assert!(p.iter().any(|x| x.contains("requests_per_sec")), "{p:?}");
     assert!(p.iter().any(|x| x.contains("backoff_max_secs")), "{p:?}");
 }
+
+#[test]
+fn a_source_url_ending_in_rest_is_refused() {
+    let text = "[source]\nurl = \"http://h/rest/\"\ntoken = \"${T}\"\n[[streams]]\nname = \"t\"\nrecord_type = \"ticket\"\n";
+    let p = problems(text, &env(&[("T", "x")]));
+    assert!(p.iter().any(|m| m.contains("ends in /rest")), "{p:?}");
+}
+
+#[test]
+fn offline_loading_needs_no_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.toml");
+    let text = "[source]\nurl = \"http://h\"\ntoken = \"${HIGHWATER_TEST_UNSET_TOKEN}\"\n[[streams]]\nname = \"t\"\nrecord_type = \"ticket\"\n";
+    std::fs::write(&path, text).unwrap();
+    assert!(Config::load(&path).is_err());
+    let cfg = Config::load_offline(&path).unwrap();
+    assert_eq!(cfg.streams[0].name, "t");
+}

@@ -103,6 +103,23 @@ async fn purged_rows_are_marked_deleted() {
             json!(3)
         ]]
     );
+    // Its file is listed in a manifest of its own, like a sync's.
+    let run_id = env.rows("SELECT run_id FROM highwater.runs WHERE kind = 'reconcile'")[0][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let manifest = env
+        .path()
+        .join(format!("lake/tickets/_manifests/{run_id}.json"));
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+    let file = env.rows(&format!(
+        "SELECT key FROM highwater.files WHERE run_id = '{run_id}'"
+    ))[0][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(text.contains(&file), "{text}");
     // Reconcile leaves the sync cursor alone; a sync afterwards keeps it and changes nothing.
     let cursor = env.cursor("tickets");
     assert_eq!(cursor, synced, "reconcile moved the cursor");
