@@ -18,6 +18,9 @@ CREATE TABLE IF NOT EXISTS highwater.streams (
     created_at      TIMESTAMPTZ NOT NULL,
     updated_at      TIMESTAMPTZ NOT NULL
 );
+-- The stream's extra Cerb filter when it was first loaded: a cursor means nothing under another
+-- filter (rows the old one excluded are behind it), so a change is refused.
+ALTER TABLE highwater.streams ADD COLUMN IF NOT EXISTS filter VARCHAR;
 
 -- One row per run of one stream (sync or reconcile).
 CREATE TABLE IF NOT EXISTS highwater.runs (

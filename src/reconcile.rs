@@ -167,7 +167,12 @@ async fn scan_and_apply(
 ) -> Result<(), String> {
     let wh = p.warehouse.clone();
     let (name, mode, field) = (s.name.clone(), s.cursor, s.cursor_field.clone());
-    let state = blocking(move || wh.stream_state(&name, mode, &field)).await?;
+    let (rtype, filter) = (s.record_type.clone(), s.filter.clone());
+    let state = blocking(move || {
+        wh.check_stream_identity(&name, &rtype, &filter)?;
+        wh.stream_state(&name, mode, &field)
+    })
+    .await?;
     let wh = p.warehouse.clone();
     let name = s.name.clone();
     let known: Vec<Known> = blocking(move || wh.id_hashes(&name))
@@ -188,6 +193,7 @@ async fn scan_and_apply(
             kind: RunKind::Reconcile,
             window_end: None,
             cursor_before: state.cursor,
+            filter: s.filter.clone(),
         };
         blocking(move || wh.start_run(&start)).await?;
     }

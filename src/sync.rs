@@ -305,18 +305,23 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
     // State first: the cursor and schema this run starts from.
     let wh = p.warehouse.clone();
     let (name, mode, field) = (s.name.clone(), s.cursor, s.cursor_field.clone());
-    let state =
-        match tokio::task::spawn_blocking(move || wh.stream_state(&name, mode, &field)).await {
-            Ok(Ok(st)) => st,
-            Ok(Err(e)) => {
-                fail(&mut report, "load state", e.to_string());
-                return report;
-            }
-            Err(e) => {
-                fail(&mut report, "load state", e.to_string());
-                return report;
-            }
-        };
+    let (rtype, filter) = (s.record_type.clone(), s.filter.clone());
+    let state = match tokio::task::spawn_blocking(move || {
+        wh.check_stream_identity(&name, &rtype, &filter)?;
+        wh.stream_state(&name, mode, &field)
+    })
+    .await
+    {
+        Ok(Ok(st)) => st,
+        Ok(Err(e)) => {
+            fail(&mut report, "load state", e.to_string());
+            return report;
+        }
+        Err(e) => {
+            fail(&mut report, "load state", e.to_string());
+            return report;
+        }
+    };
     let cursor = state.cursor.unwrap_or(Cursor::START);
     report.cursor_before = cursor.to_string();
     report.cursor_after = cursor.to_string();
@@ -347,6 +352,7 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
                 kind: RunKind::Sync,
                 window_end: None,
                 cursor_before: state.cursor,
+                filter: s.filter.clone(),
             };
             let fin = RunFinish {
                 run_id: run_id.clone(),
@@ -384,6 +390,7 @@ async fn sync_stream(p: &Pipeline, s: &StreamConfig, opts: &SyncOptions) -> Stre
         kind: RunKind::Sync,
         window_end,
         cursor_before: state.cursor,
+        filter: s.filter.clone(),
     };
     if let Err(e) = blocking(move || wh.start_run(&start)).await {
         fail(&mut report, "record run", e);

@@ -459,11 +459,12 @@ pub fn filter_problems(filter: &str) -> Vec<String> {
 }
 
 fn secs(v: f64, key: &str, problems: &mut Vec<String>) -> Duration {
-    if v.is_finite() && v >= 0.0 {
+    // Up to ten years: beyond, a duration means a typo, and would overflow a deadline.
+    if v.is_finite() && (0.0..=315_576_000.0).contains(&v) {
         Duration::from_secs_f64(v)
     } else {
         problems.push(format!(
-            "{key}: must be a non-negative number of seconds, got {v}"
+            "{key}: must be a number of seconds from 0 to 315576000 (ten years), got {v}"
         ));
         Duration::ZERO
     }
@@ -697,7 +698,8 @@ fn validate_source(
     );
     let requests_per_sec = match s.requests_per_sec {
         None => None,
-        Some(r) if r.is_finite() && r > 0.0 => Some(r),
+        // At least one request a day: below, the wait between requests would overflow.
+        Some(r) if r.is_finite() && r >= 1.0 / 86_400.0 => Some(r),
         Some(0.0) => None,
         Some(r) => {
             problems.push(format!(
@@ -821,7 +823,7 @@ fn validate(
             problems.push(format!(
                 "{at}.name: {name:?} must be lowercase letters, digits and _ (it names a table and a lake folder)"
             ));
-        } else if name == "highwater" || name == "analytics" {
+        } else if name == "highwater" || name == "analytics" || name.starts_with("_hw_") {
             problems.push(format!("{at}.name: {name:?} is reserved"));
         } else if !seen.insert(name.clone()) {
             problems.push(format!("{at}.name: {name:?} is used by two streams"));

@@ -319,3 +319,12 @@ fn offline_loading_needs_no_secrets() {
     let cfg = Config::load_offline(&path).unwrap();
     assert_eq!(cfg.streams[0].name, "t");
 }
+
+#[test]
+fn reserved_names_and_absurd_durations_are_refused() {
+    let text = "[source]\nurl = \"http://h\"\ntoken = \"${T}\"\ntimeout_secs = 1e300\n[warehouse]\nlock_wait_secs = 1e30\n[[streams]]\nname = \"_hw_stage\"\nrecord_type = \"ticket\"\n";
+    let p = problems(text, &env(&[("T", "x")])).join("\n");
+    assert!(p.contains("\"_hw_stage\" is reserved"), "{p}");
+    assert!(p.contains("warehouse.lock_wait_secs"), "{p}");
+    assert!(p.contains("source.timeout_secs"), "{p}");
+}

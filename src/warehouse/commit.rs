@@ -329,7 +329,7 @@ pub(crate) fn apply_schema(
                 let want = if have == "BIGINT" && want == "DOUBLE" {
                     let big: i64 = c.query_row(
                         &format!(
-                            "SELECT count(*) FROM {table} WHERE abs({name}) > 9007199254740992"
+                            "SELECT count(*) FROM {table} WHERE {name} > 9007199254740992 OR {name} < -9007199254740992"
                         ),
                         [],
                         |r| r.get(0),

@@ -76,6 +76,8 @@ pub struct RunStart {
     pub kind: RunKind,
     pub window_end: Option<i64>,
     pub cursor_before: Option<Cursor>,
+    /// The stream's extra Cerb filter, recorded with the stream the first time.
+    pub filter: String,
 }
 
 #[derive(Clone, Debug)]
@@ -222,9 +224,11 @@ impl Warehouse {
                 path: self.path().display().to_string(),
                 message: format!("highwater.streams.schema_json of {stream} is not readable: {e}"),
             })?;
+        // A stream row without a cursor has never committed a sync checkpoint (rows a reconcile
+        // loaded may be there): it starts from the beginning.
         let cursor = match (cu, ci) {
             (Some(u), Some(i)) => Some(Cursor::new(u, i)),
-            _ => self.derive_state(stream, mode, cursor_field)?.cursor,
+            _ => None,
         };
         Ok(StreamState {
             cursor,
@@ -233,8 +237,9 @@ impl Warehouse {
         })
     }
 
-    /// A stream whose saved state is gone (or never recorded a cursor) while its table has rows:
-    /// the cursor is re-derived from the committed rows — the greatest `(cursor_field, id)` — and
+    /// A stream whose saved state is gone while its table has rows: the cursor is re-derived from
+    /// the rows a sync committed (`_hw_op = 'upsert'`: reconcile's repairs arrive in id order, so
+    /// their keys say nothing about what a sync has read) — the greatest `(cursor_field, id)` — and
     /// the schema from the table's columns, instead of silently starting from zero. Rows of that
     /// last second are read again and merged, which is harmless.
     fn derive_state(
@@ -251,13 +256,13 @@ impl Warehouse {
             let columns = super::commit::table_columns(c, stream)?;
             let cursor: Option<Cursor> = match mode {
                 CursorMode::Id => c
-                    .query_row(&format!("SELECT max(id) FROM main.{table}"), [], |r| r.get::<_, Option<i64>>(0))?
+                    .query_row(&format!("SELECT max(id) FROM main.{table} WHERE _hw_op = 'upsert'"), [], |r| r.get::<_, Option<i64>>(0))?
                     .map(|id| Cursor::new(0, id)),
                 CursorMode::UpdatedId if columns.get(cursor_field).is_some() => c
                     .query_row(
                         &format!(
                             "SELECT coalesce(TRY_CAST({f} AS BIGINT), 0), id FROM main.{table} \
-                             ORDER BY 1 DESC, 2 DESC LIMIT 1",
+                             WHERE _hw_op = 'upsert' ORDER BY 1 DESC, 2 DESC LIMIT 1",
                             f = super::quote_ident(cursor_field)
                         ),
                         [],
@@ -278,10 +283,53 @@ impl Warehouse {
         })
     }
 
+    /// Refuses a stream whose record type or filter changed since it was first loaded: its table
+    /// and cursor belong to the old one. The filter is recorded the first time.
+    pub fn check_stream_identity(
+        &self,
+        stream: &str,
+        record_type: &str,
+        filter: &str,
+    ) -> Result<()> {
+        let row = self.with_conn("read stream identity", |c| {
+            c.query_row(
+                "SELECT record_type, filter FROM highwater.streams WHERE name = ?",
+                params![stream],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
+            )
+            .optional()
+        })?;
+        let Some((rt, f)) = row else { return Ok(()) };
+        let refuse = |what: String| WarehouseError::Invalid {
+            path: self.path().display().to_string(),
+            message: format!(
+                "stream {stream} {what}; its table and cursor belong to the old one: give the stream a new name to load it afresh"
+            ),
+        };
+        if rt != record_type {
+            return Err(refuse(format!(
+                "was loaded from Cerb {rt:?} records, the config now says {record_type:?}"
+            )));
+        }
+        match f {
+            Some(f) if f != filter => Err(refuse(format!(
+                "was loaded with filter {f:?}, the config now says {filter:?}"
+            ))),
+            Some(_) => Ok(()),
+            None => self.with_conn("record the stream filter", |c| {
+                c.execute(
+                    "UPDATE highwater.streams SET filter = ? WHERE name = ?",
+                    params![filter, stream],
+                )
+                .map(|_| ())
+            }),
+        }
+    }
+
     /// Record a run as `running` (and the stream, the first time it is seen).
     pub fn start_run(&self, s: &RunStart) -> Result<()> {
         self.in_tx("record the start of a run", |c| {
-            ensure_stream(c, &s.stream, &s.record_type, s.cursor_mode, &s.cursor_field)
+            ensure_stream(c, &s.stream, &s.record_type, s.cursor_mode, &s.cursor_field, &s.filter)
                 .map_err(|e| self.db_err("record the stream", e))?;
             c.execute(
                 "INSERT INTO highwater.runs (run_id, stream, kind, outcome, started_at, window_end, \
@@ -543,12 +591,13 @@ pub(crate) fn ensure_stream(
     record_type: &str,
     mode: CursorMode,
     cursor_field: &str,
+    filter: &str,
 ) -> duckdb::Result<()> {
     c.execute(
-        "INSERT INTO highwater.streams (name, record_type, cursor_mode, cursor_field, schema_json, schema_version, created_at, updated_at) \
-         SELECT ?, ?, ?, ?, '{\"columns\":[]}', 0, now(), now() \
+        "INSERT INTO highwater.streams (name, record_type, cursor_mode, cursor_field, schema_json, schema_version, created_at, updated_at, filter) \
+         SELECT ?, ?, ?, ?, '{\"columns\":[]}', 0, now(), now(), ? \
          WHERE NOT EXISTS (SELECT 1 FROM highwater.streams WHERE name = ?)",
-        params![stream, record_type, mode_str(mode), cursor_field, stream],
+        params![stream, record_type, mode_str(mode), cursor_field, filter, stream],
     )?;
     Ok(())
 }

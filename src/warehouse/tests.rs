@@ -40,6 +40,7 @@ impl Fixture {
             kind: RunKind::Sync,
             window_end: Some(100),
             cursor_before: None,
+            filter: String::new(),
         })
         .unwrap();
         Fixture {
@@ -208,6 +209,27 @@ fn integers_beyond_2_pow_53_never_widen_to_double() {
             vec![json!(1), json!(big.to_string())],
             vec![json!(2), json!("0.5")]
         ]
+    );
+}
+
+#[test]
+fn the_smallest_integer_widens_without_overflow() {
+    let mut f = Fixture::new();
+    f.commit(
+        &[rec(1, 10, json!({"n": i64::MIN}))],
+        Op::Upsert,
+        Some(Cursor::new(10, 1)),
+    )
+    .unwrap();
+    f.commit(
+        &[rec(2, 11, json!({"n": 0.5}))],
+        Op::Upsert,
+        Some(Cursor::new(11, 2)),
+    )
+    .unwrap();
+    assert_eq!(
+        f.rows("SELECT n FROM tickets ORDER BY id"),
+        vec![vec![json!(i64::MIN.to_string())], vec![json!("0.5")]]
     );
 }
 

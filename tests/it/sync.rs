@@ -512,3 +512,72 @@ async fn concurrent_syncs_and_readers_are_refused_clearly() {
     );
     env.assert_warehouse_equals_source("tickets", "ticket");
 }
+
+/// A stream's table and cursor belong to its record type and filter: a config that changes
+/// either is refused (rows the old filter excluded are behind the cursor) instead of loading
+/// silently wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_filter_or_record_type_is_refused() {
+    let env = TestEnv::new(Opts::default()).await;
+    for id in 1..=10 {
+        let (status, status_id) = if id % 2 == 0 {
+            ("open", 0)
+        } else {
+            ("closed", 2)
+        };
+        env.sim.insert_raw(
+            "ticket",
+            ticket(
+                id,
+                T0 - 100 + id,
+                json!({"status": status, "status_id": status_id}),
+            ),
+        );
+    }
+    let filtered = env.toml.replace(
+        "record_type = \"ticket\"\n",
+        "record_type = \"ticket\"\nfilter = \"status:o\"\n",
+    );
+    assert_ne!(filtered, env.toml);
+    std::fs::write(env.path().join("filtered.toml"), &filtered).unwrap();
+    let out = env
+        .bin()
+        .args(["--config", "filtered.toml", "sync"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let loaded = env.scalar_i64("SELECT count(*) FROM tickets");
+    assert!(loaded > 0 && loaded < 10, "{loaded}");
+    let cursor = env.cursor("tickets");
+
+    // The filter removed: refused, nothing changes.
+    let out = env.bin().arg("sync").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("was loaded with filter \"status:o\""),
+        "{stderr}"
+    );
+    assert_eq!(env.cursor("tickets"), cursor);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tickets"), loaded);
+
+    // Another record type under the same name: refused too.
+    let other = filtered.replace("record_type = \"ticket\"", "record_type = \"org\"");
+    std::fs::write(env.path().join("other.toml"), &other).unwrap();
+    let out = env
+        .bin()
+        .args(["--config", "other.toml", "sync"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("was loaded from Cerb \"ticket\" records"),
+        "{stderr}"
+    );
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM tickets"), loaded);
+}
