@@ -234,7 +234,7 @@ impl Warehouse {
     fn derive_state(&self, stream: &str, mode: CursorMode, cursor_field: &str) -> Result<StreamState> {
         self.with_conn("re-derive stream state from the table", |c| {
             if !table_exists(c, stream)? {
-                return Ok(StreamState::default());
+                return Ok::<_, duckdb::Error>(StreamState::default());
             }
             let table = super::quote_ident(stream);
             let columns = super::commit::table_columns(c, stream)?;
