@@ -21,6 +21,7 @@
 pub mod cli;
 pub mod config;
 pub mod convert;
+pub mod gc;
 pub mod lake;
 pub mod model;
 pub mod reconcile;

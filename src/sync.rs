@@ -203,19 +203,46 @@ pub async fn run(
     Ok(reports)
 }
 
-/// Mark runs whose process died as aborted and rewrite their manifests from the warehouse.
+/// Clean up after runs whose process died (the caller holds the run lock, so none of them is
+/// alive): delete the lake objects they wrote and never committed, rewrite their manifests from
+/// the warehouse, and only then mark them aborted. A kill during recovery leaves them `running`,
+/// so the next run does it all again; every step is idempotent.
 pub async fn recover(p: &Pipeline) -> Result<(), SyncError> {
     let wh = p.warehouse.clone();
-    let aborted = tokio::task::spawn_blocking(move || wh.abort_interrupted_runs())
+    let interrupted = blocking(move || wh.interrupted_runs())
         .await
-        .map_err(|e| SyncError::Setup(e.to_string()))?
         .map_err(|e| SyncError::Setup(format!("warehouse: {e}")))?;
-    for run_id in aborted {
-        tracing::warn!(run_id = %run_id, "an earlier run was interrupted; marked aborted");
-        if let Err(e) = write_manifests_for_run(p, &run_id).await {
-            tracing::warn!(run_id = %run_id, error = %e, "could not rewrite the manifest of an aborted run");
+    if interrupted.is_empty() {
+        return Ok(());
+    }
+    // Read after the run lock was taken: no file can be committed from here on but by us.
+    let wh = p.warehouse.clone();
+    let committed = blocking(move || wh.committed_keys())
+        .await
+        .map_err(|e| SyncError::Setup(format!("warehouse: {e}")))?;
+    let mut manifests = std::collections::HashSet::new();
+    for run in &interrupted {
+        tracing::warn!(stream = %run.stream, run_id = %run.run_id,
+            "an earlier run was interrupted; removing what it left uncommitted and marking it aborted");
+        match crate::gc::sweep_run(&p.lake, run, &committed).await {
+            Ok(deleted) if !deleted.is_empty() => {
+                tracing::info!(stream = %run.stream, run_id = %run.run_id, orphans = deleted.len(),
+                    "swept the orphans of an interrupted run");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(stream = %run.stream, run_id = %run.run_id, error = %e,
+                "could not sweep the orphans of an interrupted run; they are harmless, and `highwater gc` removes them"),
+        }
+        if manifests.insert(run.run_id.clone())
+            && let Err(e) = write_manifests_for_run(p, &run.run_id).await
+        {
+            tracing::warn!(run_id = %run.run_id, error = %e, "could not rewrite the manifest of an aborted run");
         }
     }
+    let wh = p.warehouse.clone();
+    blocking(move || wh.abort_interrupted_runs())
+        .await
+        .map_err(|e| SyncError::Setup(format!("warehouse: {e}")))?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 mod bench;
 mod check;
 mod demo;
+mod gc;
 mod init;
 mod query;
 mod reconcile;
@@ -52,6 +53,8 @@ pub enum Command {
     Init(init::InitArgs),
     /// Check the setup: config, one search per stream, a probe object in the lake, the warehouse.
     Check(check::CheckArgs),
+    /// Delete lake objects written but never committed (orphans), under the run lock.
+    Gc(gc::GcArgs),
     /// Zero-config tour: a simulated Cerb on loopback, two syncs, an analyst query.
     Demo(demo::DemoArgs),
     /// Serve a Cerb-compatible simulator (for tests, demos and benchmarks).
@@ -138,6 +141,7 @@ async fn run(cli: Cli) -> CmdResult {
         Command::Query(a) => query::run(&cli.config, a).await,
         Command::Init(a) => init::run(&cli.config, a),
         Command::Check(a) => check::run(&cli.config, a).await,
+        Command::Gc(a) => gc::run(&cli.config, a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Simulate(a) => crate::sim::cli::run(a).await.map_err(Failure::from),
         Command::Bench(a) => bench::run(a).await,

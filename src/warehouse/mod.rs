@@ -11,6 +11,7 @@
 
 mod commit;
 mod lock;
+mod orphans;
 mod query;
 mod state;
 #[cfg(test)]
@@ -24,6 +25,7 @@ use duckdb::{AccessMode, Config, Connection};
 
 pub use commit::{Checkpoint, CommitStats};
 pub use lock::RunLock;
+pub use orphans::InterruptedRun;
 pub use query::OutputFormat;
 pub use state::{
     CommittedFile, FileRow, Outcome, RunCounts, RunFinish, RunKind, RunStart, RunSummary,

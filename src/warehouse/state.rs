@@ -250,7 +250,7 @@ impl Warehouse {
     ) -> Result<StreamState> {
         self.with_conn("re-derive stream state from the table", |c| -> duckdb::Result<StreamState> {
             if !table_exists(c, stream)? {
-                return Ok(StreamState::default());
+                return Ok::<_, duckdb::Error>(StreamState::default());
             }
             let table = super::quote_ident(stream);
             let columns = super::commit::table_columns(c, stream)?;

@@ -2,6 +2,7 @@
 
 mod badinput;
 mod cli;
+mod crash;
 mod lake_s3;
 mod reconcile;
 mod reliability;

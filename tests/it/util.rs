@@ -239,7 +239,10 @@ impl TestEnv {
     }
 
     pub fn bin(&self) -> std::process::Command {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_highwater"));
+        // HIGHWATER_TEST_BIN: a copy of the binary, for a target directory other builds share.
+        let exe = std::env::var_os("HIGHWATER_TEST_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_highwater").into());
+        let mut c = std::process::Command::new(exe);
         c.current_dir(self.path())
             .env("T", TOKEN)
             .env("HIGHWATER_LOG", "info")
