@@ -256,20 +256,8 @@ async fn a_scan_that_does_not_finish_marks_nothing() {
         100
     );
 
-    // A broken filter: Cerb answers success with total 0. Refused, non-zero exit.
-    let mut cfg = env.config();
-    cfg.streams[0].filter = "nosuchfield:1".into();
-    let p = highwater::sync::Pipeline::build(cfg).unwrap();
-    let r = highwater::reconcile::run(&p, None, &ReconcileOptions::default())
-        .await
-        .unwrap()
-        .remove(0);
-    assert_eq!(r.outcome, "refused");
-    assert!(r.error.unwrap().contains("no rows at all"));
-    assert_eq!(
-        env.scalar_i64("SELECT count(*) FROM tickets WHERE _hw_deleted_at IS NOT NULL"),
-        100
-    );
+    // A broken filter (Cerb answers success with total 0) put into the config: the stream's
+    // filter changed, which is refused before anything is scanned. Non-zero exit, nothing marked.
     let broken = env.toml.replace(
         "record_type = \"ticket\"\n",
         "record_type = \"ticket\"\nfilter = \"nosuchfield:1\"\n",
@@ -281,6 +269,23 @@ async fn a_scan_that_does_not_finish_marks_nothing() {
         .args(["--config", "broken.toml", "reconcile"])
         .output()
         .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("was loaded with filter"), "{stderr}");
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM tickets WHERE _hw_deleted_at IS NOT NULL"),
+        100
+    );
+
+    // The source answering success with no rows at all (a permissions change, a broken
+    // proxy): refused, with the reason, through the command too.
+    for id in env.source_ids("ticket") {
+        env.sim.purge("ticket", id);
+    }
+    let r = reconcile(&env, ReconcileOptions::default()).await;
+    assert_eq!(r.outcome, "refused");
+    assert!(r.error.unwrap().contains("no rows at all"));
+    let out = env.bin().arg("reconcile").output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no rows at all"), "{stderr}");
