@@ -511,7 +511,8 @@ impl Signed {
     }
 }
 
-fn md5_hex(data: &[u8]) -> String {
+/// Lowercase hex md5.
+pub fn md5_hex(data: &[u8]) -> String {
     Md5::digest(data)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -520,7 +521,7 @@ fn md5_hex(data: &[u8]) -> String {
 
 /// A raw query string sorted by parameter name, each pair's encoding kept, repeated names in their
 /// original order (Cerb's `_sortQueryString`).
-fn sorted_query(q: &str) -> String {
+pub fn sorted_query(q: &str) -> String {
     let mut parts: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
     parts.sort_by_key(|p| p.split('=').next().unwrap_or(""));
     parts.join("&")
@@ -536,6 +537,18 @@ pub fn signature(
     body: &[u8],
     secret: &Secret,
 ) -> String {
+    signature_plain(verb, date, path, query, body, secret.expose())
+}
+
+/// [`signature`] over a plain secret: the simulator verifies requests with the same function.
+pub fn signature_plain(
+    verb: &str,
+    date: &str,
+    path: &str,
+    query: &str,
+    body: &[u8],
+    secret: &str,
+) -> String {
     let mut s = Vec::with_capacity(256 + body.len());
     for part in [
         verb.as_bytes(),
@@ -547,7 +560,7 @@ pub fn signature(
         s.extend_from_slice(part);
         s.push(b'\n');
     }
-    s.extend_from_slice(md5_hex(secret.expose().as_bytes()).as_bytes());
+    s.extend_from_slice(md5_hex(secret.as_bytes()).as_bytes());
     s.push(b'\n');
     md5_hex(&s)
 }
